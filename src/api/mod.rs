@@ -1,0 +1,345 @@
+//! The HTTP API (axum): job endpoints, admin endpoints and `/healthz`.
+//!
+//! Handlers translate between JSON and `RuntimeHandle` calls and nothing more: no decision is
+//! made here. Every error is `{"error": {"code", "message", "field"}}` with a 4xx/5xx status;
+//! bodies over the configured size get 413.
+
+mod error;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::job::{JobStatus, spec};
+use crate::provider::faults::Faults;
+use crate::runtime::{BreakerAction, RuntimeHandle};
+
+/// The longest `?wait=` a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+pub fn router(rt: RuntimeHandle) -> Router {
+    let limit = rt.settings().max_body_bytes;
+    let admin = Router::new()
+        .route("/breaker", get(breaker_get))
+        .route("/breaker/reset", post(breaker_reset))
+        .route("/breaker/open", post(breaker_open))
+        .route("/faults", get(faults_get).put(faults_put))
+        .route("/queue", get(queue_stats))
+        .route_layer(middleware::from_fn_with_state(rt.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .nest("/v1/admin", admin)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(rt)
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(
+    rt: RuntimeHandle,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(rt))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "body_too_large",
+                "request body exceeds the configured limit",
+            )
+        } else {
+            ApiError::new(status, "bad_body", e.body_text())
+        }
+    })
+}
+
+async fn submit(
+    State(rt): State<RuntimeHandle>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body)?;
+    let spec = spec::parse(&body, &rt.settings().job_defaults).map_err(ApiError::from)?;
+    let (job, created) = rt.submit(spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({"id": job.id, "status": job.status.as_str(), "created": created});
+    if let Some(reason) = &job.reason {
+        body["reason"] = json!(reason);
+    }
+    Ok((
+        status,
+        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
+        Json(body),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+async fn get_job(
+    State(rt): State<RuntimeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let job = match q.wait {
+        Some(w) => {
+            let d = humantime::parse_duration(&w).map_err(|e| {
+                ApiError::field(
+                    "invalid_field",
+                    "wait",
+                    format!("{w:?} is not a duration like \"30s\": {e}"),
+                )
+            })?;
+            if d > MAX_WAIT {
+                return Err(ApiError::field(
+                    "invalid_field",
+                    "wait",
+                    "must be at most 5m",
+                ));
+            }
+            rt.wait(&id, d).await?
+        }
+        None => rt.get(&id)?,
+    };
+    match job {
+        Some(job) => Ok(Json(job).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("job {id} was not found"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    user_id: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(rt): State<RuntimeHandle>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = q
+        .user_id
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::field("invalid_field", "user_id", "is required"))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::field("invalid_field", "status", format!("unknown status {s:?}"))
+        })?),
+    };
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=500).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "invalid_field",
+                    "limit",
+                    "must be a number from 1 to 500",
+                ));
+            }
+        },
+    };
+    let page = rt.list(&user, status, limit, q.cursor.as_deref())?;
+    Ok(Json(
+        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn cancel(
+    State(rt): State<RuntimeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = rt.cancel(&id).await?;
+    Ok(Json(json!({"id": job.id, "status": job.status.as_str()})))
+}
+
+async fn require_admin(
+    State(rt): State<RuntimeHandle>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &rt.settings().admin_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin token is required (Authorization: Bearer <token>)",
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+async fn breaker_get(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::to_value(rt.breaker().await?).expect("view serializes"),
+    ))
+}
+
+async fn breaker_reset(
+    State(rt): State<RuntimeHandle>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let v = rt.breaker_control(BreakerAction::Reset).await?;
+    Ok(Json(serde_json::to_value(v).expect("view serializes")))
+}
+
+async fn breaker_open(
+    State(rt): State<RuntimeHandle>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let v = rt.breaker_control(BreakerAction::Open).await?;
+    Ok(Json(serde_json::to_value(v).expect("view serializes")))
+}
+
+async fn queue_stats(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = rt.stats().await?;
+    Ok(Json(json!({
+        "ready": s.ready, "leased": s.leased, "running": s.running,
+        "idle_workers": s.idle_workers, "paused": s.paused,
+    })))
+}
+
+fn faults_json(rt: &RuntimeHandle) -> serde_json::Value {
+    let f = rt.faults().get();
+    let now = crate::clock::now_ms();
+    json!({
+        "enabled": f.enabled,
+        "error_rate": f.error_rate,
+        "status": f.status,
+        "retry_after": f.retry_after.map(|d| humantime::format_duration(d).to_string()),
+        "latency": humantime::format_duration(f.latency).to_string(),
+        "outage": f.outage_until_ms.filter(|t| *t > now)
+            .map(|t| humantime::format_duration(Duration::from_millis(t - now)).to_string()),
+        "injected": rt.faults().injected(),
+        "passed": rt.faults().passed(),
+    })
+}
+
+async fn faults_get(State(rt): State<RuntimeHandle>) -> Json<serde_json::Value> {
+    Json(faults_json(&rt))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsBody {
+    enabled: bool,
+    #[serde(default)]
+    error_rate: f64,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    retry_after: Option<String>,
+    #[serde(default)]
+    latency: Option<String>,
+    #[serde(default)]
+    outage: Option<String>,
+}
+
+async fn faults_put(
+    State(rt): State<RuntimeHandle>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body_or_error(body)?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let b: FaultsBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::field(
+            "invalid_field",
+            if field == "." { "" } else { &field },
+            e.into_inner().to_string(),
+        )
+    })?;
+    if !(0.0..=1.0).contains(&b.error_rate) {
+        return Err(ApiError::field(
+            "invalid_field",
+            "error_rate",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    let status = b.status.unwrap_or(503);
+    if !(400..=599).contains(&status) {
+        return Err(ApiError::field(
+            "invalid_field",
+            "status",
+            "must be an HTTP error status (400 to 599)",
+        ));
+    }
+    let dur = |field: &str, v: &Option<String>| -> Result<Option<Duration>, ApiError> {
+        match v.as_deref() {
+            None | Some("") => Ok(None),
+            Some(t) => humantime::parse_duration(t).map(Some).map_err(|e| {
+                ApiError::field(
+                    "invalid_field",
+                    field,
+                    format!("{t:?} is not a duration: {e}"),
+                )
+            }),
+        }
+    };
+    let faults = Faults {
+        enabled: b.enabled,
+        error_rate: b.error_rate,
+        status,
+        retry_after: dur("retry_after", &b.retry_after)?,
+        latency: dur("latency", &b.latency)?.unwrap_or_default(),
+        outage_until_ms: dur("outage", &b.outage)?
+            .map(|d| crate::clock::now_ms() + d.as_millis() as u64),
+    };
+    rt.faults().set(faults);
+    Ok(Json(faults_json(&rt)))
+}

@@ -1,0 +1,661 @@
+//! Configuration: figment layering (built-in defaults < `config.toml` < `SANDWARDEN_*`
+//! environment < command-line flags), validated once into a `Settings` of checked types.
+//!
+//! Validation walks the merged tree key by key and collects every problem (unknown key, bad
+//! duration, out-of-range number, unknown provider) before reporting, so that an operator fixes
+//! a bad file in one pass. Nothing outside this module parses configuration text.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde_json::Value;
+
+use crate::job::spec::SpecDefaults;
+use crate::provider::local::LocalLimits;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Local,
+    E2b,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::E2b => "e2b",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How a step's provider calls are retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySettings {
+    pub max_retries: u32,
+    pub base: Duration,
+    pub cap: Duration,
+    pub multiplier: f64,
+    pub jitter: String,
+    pub rate_limit_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub open_timeout: Duration,
+    pub open_timeout_multiplier: f64,
+    pub max_open_timeout: Duration,
+    pub half_open_probes: u32,
+    pub window_size: usize,
+    pub window_min_calls: usize,
+    pub window_failure_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSettings {
+    pub enabled: bool,
+    pub error_rate: f64,
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub latency: Duration,
+    pub outage: Option<Duration>,
+}
+
+/// Checked settings: everything the runtime needs, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub provider: ProviderKind,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub admin_token: Option<String>,
+    pub sentry_dsn: Option<String>,
+    pub workers: usize,
+    pub restart_limit: u32,
+    pub restart_window: Duration,
+    pub max_attempts: u32,
+    pub max_output_bytes: usize,
+    pub max_read_bytes: usize,
+    pub create_timeout: Duration,
+    pub write_timeout: Duration,
+    pub job_defaults: SpecDefaults,
+    pub local: LocalLimits,
+    pub retry: RetrySettings,
+    pub breaker: BreakerSettings,
+    pub faults: FaultSettings,
+}
+
+impl Settings {
+    /// Built-in defaults with everything stored under `data_dir`; for tests and embedding.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Settings {
+        let mut s = load_from(Figment::new()).expect("built-in defaults are valid");
+        s.data_dir = data_dir.into();
+        s
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with the configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Command-line overrides, the highest layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub workers: Option<u64>,
+    pub log_json: bool,
+}
+
+/// Load from `config.toml` (or `overrides.config`), the environment and the overrides.
+pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
+    let mut fig = Figment::new();
+    match &overrides.config {
+        Some(path) => {
+            if !path.exists() {
+                return Err(ConfigError {
+                    problems: vec![ConfigProblem {
+                        key: "--config".into(),
+                        message: format!("{} does not exist", path.display()),
+                    }],
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        None => {
+            if Path::new("config.toml").exists() {
+                fig = fig.merge(Toml::file("config.toml"));
+            }
+        }
+    }
+    fig = fig.merge(Env::prefixed("SANDWARDEN_").split("__"));
+    if let Some(l) = &overrides.listen {
+        fig = fig.merge(("listen", l));
+    }
+    if let Some(d) = &overrides.data_dir {
+        fig = fig.merge(("data_dir", d.to_string_lossy().to_string()));
+    }
+    if let Some(w) = overrides.workers {
+        fig = fig.merge(("workers.count", w));
+    }
+    if overrides.log_json {
+        fig = fig.merge(("log_format", "json"));
+    }
+    let mut settings = load_from(fig)?;
+    if settings.sentry_dsn.is_none() {
+        settings.sentry_dsn = std::env::var("SENTRY_DSN").ok().filter(|s| !s.is_empty());
+    }
+    Ok(settings)
+}
+
+/// Validate a figment into settings, collecting every problem.
+pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
+    let tree: Value = match fig.extract::<Value>() {
+        Ok(v) => v,
+        Err(errors) => {
+            return Err(ConfigError {
+                problems: errors
+                    .into_iter()
+                    .map(|e| ConfigProblem {
+                        key: e.path.join("."),
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            });
+        }
+    };
+    let mut r = Reader {
+        tree: &tree,
+        seen: BTreeSet::new(),
+        problems: Vec::new(),
+    };
+    let job_defaults = SpecDefaults {
+        template: r.string("sandbox.template", "base"),
+        sandbox_timeout: r.duration("sandbox.timeout", "30m"),
+        run_timeout: r.duration("jobs.run_timeout", "120s"),
+        read_timeout: r.duration("jobs.read_timeout", "3s"),
+        max_steps: r.uint("jobs.max_steps", 100, 1, 10_000) as usize,
+        max_step_timeout: r.duration("jobs.max_step_timeout", "1h"),
+        max_sandbox_timeout: r.duration("sandbox.max_timeout", "24h"),
+    };
+    let listen_text = r.string("listen", "127.0.0.1:8080");
+    let listen = listen_text.parse().unwrap_or_else(|_| {
+        r.problem(
+            "listen",
+            format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let provider = match r.string("provider", "local").as_str() {
+        "local" => ProviderKind::Local,
+        "e2b" => ProviderKind::E2b,
+        other => {
+            r.problem(
+                "provider",
+                format!("unknown provider {other:?}; expected \"local\" or \"e2b\""),
+            );
+            ProviderKind::Local
+        }
+    };
+    let log_format = match r.string("log_format", "text").as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            r.problem(
+                "log_format",
+                format!("unknown log format {other:?}; expected \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    let jitter = r.string("retry.jitter", "full");
+    if !["none", "full", "equal"].contains(&jitter.as_str()) {
+        r.problem(
+            "retry.jitter",
+            format!("unknown jitter {jitter:?}; expected \"none\", \"full\" or \"equal\""),
+        );
+    }
+    let status = r.uint("faults.status", 503, 400, 599) as u16;
+    let settings = Settings {
+        listen,
+        data_dir: PathBuf::from(r.string("data_dir", "./data")),
+        provider,
+        log_format,
+        max_body_bytes: r.uint("api.max_body_bytes", 1 << 20, 1024, 1 << 30) as usize,
+        admin_token: r.opt_string("admin_token"),
+        sentry_dsn: r.opt_string("sentry_dsn"),
+        workers: r.uint("workers.count", 4, 1, 1024) as usize,
+        restart_limit: r.uint("workers.restart_limit", 10, 1, 1_000_000) as u32,
+        restart_window: r.duration("workers.restart_window", "10s"),
+        max_attempts: r.uint("jobs.max_attempts", 5, 1, 1000) as u32,
+        max_output_bytes: r.uint("jobs.max_output_bytes", 1 << 20, 1, 1 << 30) as usize,
+        max_read_bytes: r.uint("jobs.max_read_bytes", 10 << 20, 1, 1 << 30) as usize,
+        create_timeout: r.duration("jobs.create_timeout", "60s"),
+        write_timeout: r.duration("jobs.write_timeout", "30s"),
+        job_defaults,
+        local: LocalLimits {
+            cpu_time: r.duration("local.cpu_time", "5m"),
+            memory_bytes: r.uint("local.memory_bytes", 4 << 30, 1 << 20, u64::MAX),
+            open_files: r.uint("local.open_files", 1024, 16, 1 << 20),
+            processes: r.uint("local.processes", 512, 1, 1 << 22),
+            file_size_bytes: r.uint("local.file_size_bytes", 1 << 30, 1, u64::MAX),
+        },
+        retry: RetrySettings {
+            max_retries: r.uint("retry.max_retries", 3, 0, 100) as u32,
+            base: r.duration("retry.base", "1s"),
+            cap: r.duration("retry.cap", "10s"),
+            multiplier: r.float("retry.multiplier", 2.0, 1.0, 10.0),
+            jitter,
+            rate_limit_delay: r.duration("retry.rate_limit_delay", "30s"),
+        },
+        breaker: BreakerSettings {
+            failure_threshold: r.uint("breaker.failure_threshold", 5, 1, 1_000_000) as u32,
+            open_timeout: r.duration("breaker.open_timeout", "60s"),
+            open_timeout_multiplier: r.float("breaker.open_timeout_multiplier", 1.0, 1.0, 100.0),
+            max_open_timeout: r.duration("breaker.max_open_timeout", "10m"),
+            half_open_probes: r.uint("breaker.half_open_probes", 1, 1, 1000) as u32,
+            window_size: r.uint("breaker.window_size", 0, 0, 100_000) as usize,
+            window_min_calls: r.uint("breaker.window_min_calls", 10, 1, 100_000) as usize,
+            window_failure_rate: r.float("breaker.window_failure_rate", 0.5, 0.0, 1.0),
+        },
+        faults: FaultSettings {
+            enabled: r.boolean("faults.enabled", false),
+            error_rate: r.float("faults.error_rate", 0.0, 0.0, 1.0),
+            status,
+            retry_after: r.opt_duration("faults.retry_after"),
+            latency: r.duration_allow_zero("faults.latency", "0s"),
+            outage: r.opt_duration("faults.outage"),
+        },
+    };
+    r.unknown_keys();
+    if r.problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError {
+            problems: r.problems,
+        })
+    }
+}
+
+struct Reader<'a> {
+    tree: &'a Value,
+    seen: BTreeSet<String>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn get(&mut self, key: &str) -> Option<&Value> {
+        self.seen.insert(key.to_string());
+        let mut v = self.tree;
+        for part in key.split('.') {
+            v = v.get(part)?;
+        }
+        Some(v)
+    }
+
+    fn string(&mut self, key: &str, default: &str) -> String {
+        match self.get(key).cloned() {
+            None => default.to_string(),
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                self.problem(key, format!("expected a string, found {other}"));
+                default.to_string()
+            }
+        }
+    }
+
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.get(key).cloned() {
+            None => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                self.problem(key, format!("expected a string, found {other}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key).cloned() {
+            None => default,
+            Some(Value::Bool(b)) => b,
+            Some(other) => {
+                self.problem(key, format!("expected true or false, found {other}"));
+                default
+            }
+        }
+    }
+
+    fn uint(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        let value = match self.get(key).cloned() {
+            None => return default,
+            Some(v) => v,
+        };
+        match value.as_u64() {
+            Some(n) if n >= min && n <= max => n,
+            Some(n) => {
+                self.problem(key, format!("{n} is out of range ({min} to {max})"));
+                default
+            }
+            None if value.as_i64().is_some_and(|n| n < 0) => {
+                self.problem(key, format!("must not be negative, found {value}"));
+                default
+            }
+            None => {
+                self.problem(key, format!("expected a whole number, found {value}"));
+                default
+            }
+        }
+    }
+
+    fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
+        let value = match self.get(key).cloned() {
+            None => return default,
+            Some(v) => v,
+        };
+        match value.as_f64() {
+            Some(n) if n >= min && n <= max => n,
+            Some(n) => {
+                self.problem(key, format!("{n} is out of range ({min} to {max})"));
+                default
+            }
+            None => {
+                self.problem(key, format!("expected a number, found {value}"));
+                default
+            }
+        }
+    }
+
+    fn parse_duration(&mut self, key: &str, zero_ok: bool) -> Option<Duration> {
+        let value = self.get(key).cloned()?;
+        let Value::String(text) = &value else {
+            self.problem(
+                key,
+                format!("expected a duration like \"30s\", found {value}"),
+            );
+            return None;
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.problem(key, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: &str) -> Duration {
+        let fallback = humantime::parse_duration(default).expect("defaults are valid");
+        self.parse_duration(key, false).unwrap_or(fallback)
+    }
+
+    fn duration_allow_zero(&mut self, key: &str, default: &str) -> Duration {
+        let fallback = humantime::parse_duration(default).expect("defaults are valid");
+        self.parse_duration(key, true).unwrap_or(fallback)
+    }
+
+    fn opt_duration(&mut self, key: &str) -> Option<Duration> {
+        if let Some(Value::String(s)) = self.get(key)
+            && s.is_empty()
+        {
+            return None;
+        }
+        self.parse_duration(key, false)
+    }
+
+    fn unknown_keys(&mut self) {
+        let mut found = Vec::new();
+        walk(self.tree, String::new(), &mut found);
+        for key in found {
+            if !self.seen.contains(&key) {
+                self.problem(&key, "unknown key");
+            }
+        }
+    }
+}
+
+fn walk(v: &Value, prefix: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(child, key, out);
+            }
+        }
+        _ if !prefix.is_empty() => out.push(prefix),
+        _ => {}
+    }
+}
+
+/// Render the effective settings as TOML-like text (`sandwarden config check`); secrets masked.
+pub fn render(s: &Settings) -> String {
+    let d = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
+    let mask = |v: &Option<String>| if v.is_some() { "\"***\"" } else { "\"\"" };
+    let j = &s.job_defaults;
+    let mut out = String::new();
+    out += &format!(
+        "listen = \"{}\"\ndata_dir = {:?}\nprovider = \"{}\"\n",
+        s.listen,
+        s.data_dir,
+        s.provider.as_str()
+    );
+    out += &format!(
+        "log_format = \"{}\"\nadmin_token = {}\nsentry_dsn = {}\n",
+        if s.log_format == LogFormat::Json {
+            "json"
+        } else {
+            "text"
+        },
+        mask(&s.admin_token),
+        mask(&s.sentry_dsn)
+    );
+    out += &format!("\n[api]\nmax_body_bytes = {}\n", s.max_body_bytes);
+    out += &format!(
+        "\n[workers]\ncount = {}\nrestart_limit = {}\nrestart_window = {}\n",
+        s.workers,
+        s.restart_limit,
+        d(s.restart_window)
+    );
+    out += &format!(
+        "\n[jobs]\nmax_attempts = {}\nrun_timeout = {}\nread_timeout = {}\nmax_steps = {}\nmax_step_timeout = {}\nmax_output_bytes = {}\nmax_read_bytes = {}\ncreate_timeout = {}\nwrite_timeout = {}\n",
+        s.max_attempts,
+        d(j.run_timeout),
+        d(j.read_timeout),
+        j.max_steps,
+        d(j.max_step_timeout),
+        s.max_output_bytes,
+        s.max_read_bytes,
+        d(s.create_timeout),
+        d(s.write_timeout)
+    );
+    out += &format!(
+        "\n[sandbox]\ntemplate = {:?}\ntimeout = {}\nmax_timeout = {}\n",
+        j.template,
+        d(j.sandbox_timeout),
+        d(j.max_sandbox_timeout)
+    );
+    out += &format!(
+        "\n[local]\ncpu_time = {}\nmemory_bytes = {}\nopen_files = {}\nprocesses = {}\nfile_size_bytes = {}\n",
+        d(s.local.cpu_time),
+        s.local.memory_bytes,
+        s.local.open_files,
+        s.local.processes,
+        s.local.file_size_bytes
+    );
+    let r = &s.retry;
+    out += &format!(
+        "\n[retry]\nmax_retries = {}\nbase = {}\ncap = {}\nmultiplier = {}\njitter = {:?}\nrate_limit_delay = {}\n",
+        r.max_retries,
+        d(r.base),
+        d(r.cap),
+        r.multiplier,
+        r.jitter,
+        d(r.rate_limit_delay)
+    );
+    let b = &s.breaker;
+    out += &format!(
+        "\n[breaker]\nfailure_threshold = {}\nopen_timeout = {}\nopen_timeout_multiplier = {}\nmax_open_timeout = {}\nhalf_open_probes = {}\nwindow_size = {}\nwindow_min_calls = {}\nwindow_failure_rate = {}\n",
+        b.failure_threshold,
+        d(b.open_timeout),
+        b.open_timeout_multiplier,
+        d(b.max_open_timeout),
+        b.half_open_probes,
+        b.window_size,
+        b.window_min_calls,
+        b.window_failure_rate
+    );
+    let f = &s.faults;
+    out += &format!(
+        "\n[faults]\nenabled = {}\nerror_rate = {}\nstatus = {}\nretry_after = {}\nlatency = {}\noutage = {}\n",
+        f.enabled,
+        f.error_rate,
+        f.status,
+        f.retry_after.map(d).unwrap_or("\"\"".into()),
+        d(f.latency),
+        f.outage.map(d).unwrap_or("\"\"".into())
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = load_from(Figment::new()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.provider, ProviderKind::Local);
+        assert_eq!(s.breaker.failure_threshold, 5);
+        assert_eq!(s.breaker.open_timeout, Duration::from_secs(60));
+        assert_eq!(s.retry.max_retries, 3);
+        assert_eq!(s.job_defaults.sandbox_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure type
+    fn layering_and_all_problems_at_once() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "config.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                provider = "azure"
+                colour = "blue"
+                [workers]
+                count = -3
+                [breaker]
+                open_timeout = "soon"
+                "#,
+            )?;
+            let err = load(&Overrides::default()).unwrap_err();
+            let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            assert!(keys.contains(&"provider"), "{err}");
+            assert!(keys.contains(&"colour"), "{err}");
+            assert!(keys.contains(&"workers.count"), "{err}");
+            assert!(keys.contains(&"breaker.open_timeout"), "{err}");
+            assert_eq!(err.problems.len(), 4, "{err}");
+            let neg = err
+                .problems
+                .iter()
+                .find(|p| p.key == "workers.count")
+                .unwrap();
+            assert!(neg.message.contains("negative"), "{neg:?}");
+
+            jail.create_file(
+                "config.toml",
+                "listen = \"127.0.0.1:9000\"\n[workers]\ncount = 2\n",
+            )?;
+            jail.set_env("SANDWARDEN_WORKERS__COUNT", "3");
+            let s = load(&Overrides::default()).unwrap();
+            assert_eq!(s.listen.port(), 9000);
+            assert_eq!(s.workers, 3, "environment beats the file");
+            let s = load(&Overrides {
+                workers: Some(7),
+                listen: Some("127.0.0.1:1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.workers, 7, "flags beat the environment");
+            assert_eq!(s.listen.port(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let s = load_from(Figment::new().merge(Toml::file(&path))).unwrap();
+        assert_eq!(
+            s,
+            load_from(Figment::new()).unwrap(),
+            "config.toml documents the defaults"
+        );
+        // Every key the reader knows appears in the shipped file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rendered = render(&s);
+        for line in rendered.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                text.contains(&format!("{key} =")),
+                "config.toml lacks {key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! Turning an untrusted request body into a `JobSpec`.
+//!
+//! Parsing is strict (unknown fields are refused) and every problem names the field it is
+//! about, as a path such as `steps[1].run.timeout`, so that a client can fix its request
+//! without guessing. Defaults for omitted fields come from `SpecDefaults`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{JobSpec, Priority, SandboxRequest, Step};
+
+/// Values used where a request leaves a field out, and the bounds requests must stay within.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecDefaults {
+    pub template: String,
+    pub sandbox_timeout: Duration,
+    pub run_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_steps: usize,
+    pub max_step_timeout: Duration,
+    pub max_sandbox_timeout: Duration,
+}
+
+impl Default for SpecDefaults {
+    fn default() -> Self {
+        SpecDefaults {
+            template: "base".into(),
+            sandbox_timeout: Duration::from_secs(30 * 60),
+            run_timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(3),
+            max_steps: 100,
+            max_step_timeout: Duration::from_secs(3600),
+            max_sandbox_timeout: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A request that could not be accepted, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// `bad_json` when the body is not JSON at all, `invalid_field` otherwise.
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            code: "invalid_field",
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    user_id: String,
+    project_id: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    priority: Priority,
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    sandbox: RawSandbox,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    template: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    keep: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawStep {
+    WriteFile(RawWrite),
+    Run(RawRun),
+    ReadFile(RawRead),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWrite {
+    path: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    cmd: String,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRead {
+    path: String,
+    timeout: Option<String>,
+}
+
+/// Parse and validate a request body.
+pub fn parse(body: &[u8], defaults: &SpecDefaults) -> Result<JobSpec, SpecError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw: RawSpec = match serde_path_to_error::deserialize(&mut de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let code = if inner.is_syntax() || inner.is_eof() {
+                "bad_json"
+            } else {
+                "invalid_field"
+            };
+            let field = if path == "." || path == "?" { String::new() } else { path };
+            return Err(SpecError {
+                code,
+                field,
+                message: inner.to_string(),
+            });
+        }
+    };
+    if let Err(e) = de.end() {
+        return Err(SpecError {
+            code: "bad_json",
+            field: String::new(),
+            message: e.to_string(),
+        });
+    }
+    validate(raw, defaults)
+}
+
+fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
+    check_name("user_id", &raw.user_id)?;
+    if let Some(p) = &raw.project_id {
+        check_name("project_id", p)?;
+    }
+    if let Some(k) = &raw.idempotency_key
+        && (k.is_empty() || k.len() > 256)
+    {
+        return Err(SpecError::field(
+            "idempotency_key",
+            "must be 1 to 256 bytes",
+        ));
+    }
+    let template = raw.sandbox.template.unwrap_or_else(|| d.template.clone());
+    check_name("sandbox.template", &template)?;
+    let timeout = duration(
+        "sandbox.timeout",
+        raw.sandbox.timeout.as_deref(),
+        d.sandbox_timeout,
+        d.max_sandbox_timeout,
+    )?;
+    for key in raw.sandbox.env.keys() {
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(SpecError::field(
+                format!("sandbox.env.{key}"),
+                "environment variable names are letters, digits and '_', not starting with a digit",
+            ));
+        }
+    }
+    if raw.steps.is_empty() {
+        return Err(SpecError::field("steps", "a job needs at least one step"));
+    }
+    if raw.steps.len() > d.max_steps {
+        return Err(SpecError::field(
+            "steps",
+            format!(
+                "a job may have at most {} steps, this one has {}",
+                d.max_steps,
+                raw.steps.len()
+            ),
+        ));
+    }
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    for (i, step) in raw.steps.into_iter().enumerate() {
+        steps.push(match step {
+            RawStep::WriteFile(w) => {
+                check_path(&format!("steps[{i}].write_file.path"), &w.path)?;
+                Step::WriteFile {
+                    path: w.path,
+                    content: w.content,
+                }
+            }
+            RawStep::Run(r) => {
+                if r.cmd.trim().is_empty() {
+                    return Err(SpecError::field(
+                        format!("steps[{i}].run.cmd"),
+                        "must not be empty",
+                    ));
+                }
+                let timeout = duration(
+                    &format!("steps[{i}].run.timeout"),
+                    r.timeout.as_deref(),
+                    d.run_timeout,
+                    d.max_step_timeout,
+                )?;
+                Step::Run {
+                    cmd: r.cmd,
+                    timeout,
+                }
+            }
+            RawStep::ReadFile(r) => {
+                check_path(&format!("steps[{i}].read_file.path"), &r.path)?;
+                let timeout = duration(
+                    &format!("steps[{i}].read_file.timeout"),
+                    r.timeout.as_deref(),
+                    d.read_timeout,
+                    d.max_step_timeout,
+                )?;
+                Step::ReadFile {
+                    path: r.path,
+                    timeout,
+                }
+            }
+        });
+    }
+    Ok(JobSpec {
+        user_id: raw.user_id,
+        project_id: raw.project_id,
+        kind: raw.kind,
+        priority: raw.priority,
+        idempotency_key: raw.idempotency_key,
+        sandbox: SandboxRequest {
+            template,
+            timeout,
+            env: raw.sandbox.env,
+            keep: raw.sandbox.keep,
+        },
+        steps,
+    })
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.is_empty() || value.len() > 128 {
+        return Err(SpecError::field(field, "must be 1 to 128 characters"));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(SpecError::field(
+            field,
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(field: &str, path: &str) -> Result<(), SpecError> {
+    if path.is_empty() {
+        return Err(SpecError::field(field, "must not be empty"));
+    }
+    if path.contains('\0') {
+        return Err(SpecError::field(field, "must not contain a NUL byte"));
+    }
+    Ok(())
+}
+
+fn duration(
+    field: &str,
+    value: Option<&str>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, SpecError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let d = humantime::parse_duration(text).map_err(|e| {
+        SpecError::field(
+            field,
+            format!("{text:?} is not a duration like \"30s\" or \"2m\": {e}"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(SpecError::field(field, "must be greater than zero"));
+    }
+    if d > max {
+        return Err(SpecError::field(
+            field,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<JobSpec, SpecError> {
+        parse(s.as_bytes(), &SpecDefaults::default())
+    }
+
+    #[test]
+    fn full_spec_parses_with_defaults() {
+        let spec = parse_str(
+            r#"{"user_id":"u-1","priority":"high","steps":[
+                {"write_file":{"path":"a.txt","content":"hi"}},
+                {"run":{"cmd":"cat a.txt"}},
+                {"read_file":{"path":"a.txt","timeout":"5s"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.priority, Priority::High);
+        assert_eq!(spec.sandbox.timeout, Duration::from_secs(1800));
+        assert_eq!(
+            spec.steps[1],
+            Step::Run {
+                cmd: "cat a.txt".into(),
+                timeout: Duration::from_secs(120)
+            }
+        );
+        assert_eq!(
+            spec.steps[2],
+            Step::ReadFile {
+                path: "a.txt".into(),
+                timeout: Duration::from_secs(5)
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"user_id":"u","steps":[{"run":{"cmd":"x","timeout":"soon"}}]}"#,
+                "steps[0].run.timeout",
+            ),
+            (
+                r#"{"user_id":"u","steps":[{"run":{"cmd":"x","timeout":"0s"}}]}"#,
+                "steps[0].run.timeout",
+            ),
+            (
+                r#"{"user_id":"u","priority":"urgent","steps":[]}"#,
+                "priority",
+            ),
+            (r#"{"user_id":"u","steps":[]}"#, "steps"),
+            (r#"{"user_id":"","steps":[{"run":{"cmd":"x"}}]}"#, "user_id"),
+            (r#"{"steps":[{"run":{"cmd":"x"}}]}"#, ""),
+            (r#"{"user_id":"u","colour":1,"steps":[]}"#, "colour"),
+            (
+                r#"{"user_id":"u","steps":[{"run":{"cmd":""}}]}"#,
+                "steps[0].run.cmd",
+            ),
+            (r#"{"user_id":"u","steps":[{"fly":{}}]}"#, "steps[0]"),
+            (
+                r#"{"user_id":"u","sandbox":{"timeout":"-5s"},"steps":[{"run":{"cmd":"x"}}]}"#,
+                "sandbox.timeout",
+            ),
+        ];
+        for (body, field) in cases {
+            let e = parse_str(body).unwrap_err();
+            assert_eq!(e.field, field, "body {body}: {e:?}");
+            assert_eq!(e.code, "invalid_field", "body {body}");
+        }
+        let missing = parse_str(r#"{"steps":[{"run":{"cmd":"x"}}]}"#).unwrap_err();
+        assert!(missing.message.contains("user_id"), "{missing:?}");
+        let unknown = parse_str(r#"{"user_id":"u","colour":1,"steps":[]}"#).unwrap_err();
+        assert!(unknown.message.contains("colour"), "{unknown:?}");
+    }
+
+    #[test]
+    fn bad_json_is_reported_as_such() {
+        for body in [
+            "{",
+            "not json",
+            r#"{"user_id":"u","steps":[{"run":{"cmd":"x"}}]} trailing"#,
+            "",
+        ] {
+            assert_eq!(
+                parse_str(body).unwrap_err().code,
+                "bad_json",
+                "body {body:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse(&body, &SpecDefaults::default());
+        }
+    }
+}

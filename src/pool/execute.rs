@@ -1,0 +1,351 @@
+//! Running one job: create the sandbox, run each step, clean up, and write the outcome into
+//! the job record. Every provider call goes through `call`, which applies the step deadline,
+//! the retry policy and the circuit breaker; nothing else here talks to the provider.
+//!
+//! The outcome is one of: completed; failed (a permanent error, a step that exited non-zero,
+//! or retries exhausted on the last allowed attempt); cancelled; or pending again (requeued
+//! with a delay) when the provider is unavailable, so that an outage never fails a job.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::BreakerLink;
+use crate::clock::now_ms;
+use crate::job::{Job, JobError, JobResult, JobStatus, Step, StepResult};
+use crate::provider::{ErrorCategory, Provider, ProviderError, RunSpec, SandboxSpec};
+use crate::ratelimit::policy::Operation;
+use crate::retry::{RetryDecision, RetryPolicy};
+
+/// What every worker shares.
+pub struct WorkerContext {
+    pub provider: Arc<dyn Provider>,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerLink,
+    pub instance: String,
+    pub max_attempts: u32,
+    pub max_output: usize,
+    pub max_read: usize,
+    pub create_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Why a protected call did not produce a value.
+#[derive(Debug)]
+enum CallError {
+    /// The provider failed and the retry policy gave up.
+    Failed(ProviderError),
+    /// The breaker is open: the provider is considered down.
+    Unavailable {
+        retry_at_ms: Option<u64>,
+        last: Option<ProviderError>,
+    },
+    Cancelled,
+}
+
+/// Run `job` to an outcome, writing it into the record.
+pub async fn run_job(ctx: &WorkerContext, job: &mut Job, cancel: &CancellationToken) {
+    let mut result = JobResult::default();
+    let outcome = run_steps(ctx, job, cancel, &mut result).await;
+    let now = now_ms();
+    job.updated_at_ms = now;
+    let attempt_no = job.attempts.len();
+    let (status, error, reason, attempt_outcome) = match outcome {
+        Ok(()) => (JobStatus::Completed, None, None, "completed"),
+        Err(StepFailure::Cancelled) => (
+            JobStatus::Cancelled,
+            None,
+            Some("cancelled by request".to_string()),
+            "cancelled",
+        ),
+        Err(StepFailure::Failed(err)) => (JobStatus::Failed, Some(err), None, "failed"),
+        Err(StepFailure::Unavailable { retry_at_ms, err }) => {
+            if (attempt_no as u32) < ctx.max_attempts {
+                let delay_from_policy = ctx.retry.backoff(attempt_no as u32, rand::random());
+                job.run_at_ms = retry_at_ms
+                    .unwrap_or(now + delay_from_policy.as_millis() as u64)
+                    .max(now);
+                let reason = format!(
+                    "provider unavailable, waiting for recovery: {}",
+                    err.message
+                );
+                (JobStatus::Pending, Some(err), Some(reason), "requeued")
+            } else {
+                (JobStatus::Failed, Some(err), None, "failed")
+            }
+        }
+    };
+    if let Some(a) = job.attempts.last_mut() {
+        a.ended_at_ms = Some(now);
+        a.outcome = Some(attempt_outcome.to_string());
+        a.error_category = error.as_ref().map(|e| e.category.clone());
+        a.error = error.as_ref().map(|e| e.message.clone());
+    }
+    job.status = status;
+    job.reason = reason;
+    if status == JobStatus::Pending {
+        // A requeued job keeps the results of the steps it finished, for the record, but
+        // runs again from the start in a fresh sandbox.
+        job.result = Some(result);
+        job.error = None;
+    } else {
+        job.finished_at_ms = Some(now);
+        job.result = Some(result);
+        job.error = error;
+    }
+}
+
+enum StepFailure {
+    Failed(JobError),
+    Unavailable {
+        retry_at_ms: Option<u64>,
+        err: JobError,
+    },
+    Cancelled,
+}
+
+fn job_error(e: &ProviderError, step: Option<usize>) -> JobError {
+    JobError {
+        category: e.category().as_str().into(),
+        message: e.message().into(),
+        step,
+    }
+}
+
+fn classify(e: CallError, step: Option<usize>) -> StepFailure {
+    match e {
+        CallError::Cancelled => StepFailure::Cancelled,
+        CallError::Failed(e) if e.is_transient() || e.category() == ErrorCategory::RateLimited => {
+            StepFailure::Unavailable {
+                retry_at_ms: None,
+                err: job_error(&e, step),
+            }
+        }
+        CallError::Failed(e) => StepFailure::Failed(job_error(&e, step)),
+        CallError::Unavailable { retry_at_ms, last } => {
+            let message = match last {
+                Some(e) => format!("circuit breaker is open; last error: {}", e.message()),
+                None => "circuit breaker is open".to_string(),
+            };
+            StepFailure::Unavailable {
+                retry_at_ms,
+                err: JobError {
+                    category: "unavailable".into(),
+                    message,
+                    step,
+                },
+            }
+        }
+    }
+}
+
+async fn run_steps(
+    ctx: &WorkerContext,
+    job: &Job,
+    cancel: &CancellationToken,
+    result: &mut JobResult,
+) -> Result<(), StepFailure> {
+    let sandbox = create_sandbox(ctx, job, cancel)
+        .await
+        .map_err(|e| classify(e, None))?;
+    result.sandbox_id = Some(sandbox.clone());
+    let outcome = run_each(ctx, job, &sandbox, cancel, result).await;
+    let keep = job.spec.sandbox.keep && outcome.is_ok();
+    if !keep {
+        // Cleaning up is best effort but retried; a sandbox that cannot be killed now is left
+        // to the provider's own timeout and the orphan reaper.
+        let kill = call(
+            ctx,
+            Operation::Kill,
+            Duration::from_secs(30),
+            &CancellationToken::new(),
+            |_| ctx.provider.kill(&sandbox),
+        )
+        .await;
+        if let Err(e) = kill {
+            tracing::warn!(job_id = %job.id, sandbox = %sandbox, error = ?e, "could not kill sandbox");
+        }
+        result.sandbox_id = None;
+    }
+    outcome
+}
+
+async fn run_each(
+    ctx: &WorkerContext,
+    job: &Job,
+    sandbox: &str,
+    cancel: &CancellationToken,
+    result: &mut JobResult,
+) -> Result<(), StepFailure> {
+    for (index, step) in job.spec.steps.iter().enumerate() {
+        let started = tokio::time::Instant::now();
+        let mut out = StepResult {
+            index,
+            kind: step.kind().into(),
+            ..Default::default()
+        };
+        match step {
+            Step::WriteFile { path, content } => {
+                call(ctx, Operation::Write, ctx.write_timeout, cancel, |_| {
+                    ctx.provider.write_file(sandbox, path, content.as_bytes())
+                })
+                .await
+                .map_err(|e| classify(e, Some(index)))?;
+            }
+            Step::Run { cmd, timeout } => {
+                let output = call(ctx, Operation::Run, *timeout, cancel, |remaining| {
+                    let spec = RunSpec {
+                        cmd: cmd.clone(),
+                        timeout: remaining,
+                        env: job.spec.sandbox.env.clone(),
+                        max_output: ctx.max_output,
+                    };
+                    async move { ctx.provider.run(sandbox, &spec).await }
+                })
+                .await
+                .map_err(|e| classify(e, Some(index)))?;
+                out.stdout = Some(output.stdout);
+                out.stderr = Some(output.stderr);
+                out.exit_code = Some(output.exit_code);
+                out.truncated = output.truncated;
+                if output.exit_code != 0 {
+                    out.duration_ms = started.elapsed().as_millis() as u64;
+                    result.steps.push(out);
+                    return Err(StepFailure::Failed(JobError {
+                        category: "command_failed".into(),
+                        message: format!("step {index} exited with code {}", output.exit_code),
+                        step: Some(index),
+                    }));
+                }
+            }
+            Step::ReadFile { path, timeout } => {
+                let bytes = call(ctx, Operation::Read, *timeout, cancel, |_| {
+                    ctx.provider.read_file(sandbox, path, ctx.max_read)
+                })
+                .await
+                .map_err(|e| classify(e, Some(index)))?;
+                out.content = Some(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        out.duration_ms = started.elapsed().as_millis() as u64;
+        result.steps.push(out);
+    }
+    Ok(())
+}
+
+/// Create the job's sandbox. A create that failed in a way that may still have made a
+/// sandbox (5xx, timeout) is followed by a look for a sandbox tagged with this job and
+/// attempt before it is repeated, so retries cannot leak duplicates.
+async fn create_sandbox(
+    ctx: &WorkerContext,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> Result<String, CallError> {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("sandwarden_job".to_string(), job.id.clone());
+    metadata.insert(
+        "sandwarden_attempt".to_string(),
+        job.attempts.len().to_string(),
+    );
+    metadata.insert("sandwarden_instance".to_string(), ctx.instance.clone());
+    let spec = SandboxSpec {
+        template: job.spec.sandbox.template.clone(),
+        timeout: job.spec.sandbox.timeout,
+        env: job.spec.sandbox.env.clone(),
+        metadata: metadata.clone(),
+    };
+    let mut uncertain = false;
+    call(ctx, Operation::Create, ctx.create_timeout, cancel, |_| {
+        let check = uncertain;
+        uncertain = true;
+        let spec = &spec;
+        let metadata = &metadata;
+        async move {
+            if check {
+                let existing = ctx.provider.list().await?;
+                if let Some(found) = existing.into_iter().find(|s| {
+                    s.metadata.get("sandwarden_job") == metadata.get("sandwarden_job")
+                        && s.metadata.get("sandwarden_attempt") == metadata.get("sandwarden_attempt")
+                }) {
+                    tracing::info!(sandbox = %found.id, "adopting a sandbox an earlier create made");
+                    return Ok(found.id);
+                }
+            }
+            ctx.provider.create(spec).await
+        }
+    })
+    .await
+}
+
+/// One provider call under the step deadline, the breaker and the retry policy.
+async fn call<T, F, Fut>(
+    ctx: &WorkerContext,
+    op: Operation,
+    deadline: Duration,
+    cancel: &CancellationToken,
+    mut attempt: F,
+) -> Result<T, CallError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut retries = 0u32;
+    let mut last: Option<ProviderError> = None;
+    loop {
+        let elapsed = started.elapsed();
+        let Some(remaining) = deadline.checked_sub(elapsed).filter(|d| !d.is_zero()) else {
+            return Err(CallError::Failed(last.unwrap_or_else(|| {
+                ProviderError::timeout(format!("{} ran out of time", op.as_str()))
+            })));
+        };
+        let permit = match ctx.breaker.acquire().await {
+            Ok(p) => p,
+            Err(retry_at_ms) => return Err(CallError::Unavailable { retry_at_ms, last }),
+        };
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => {
+                ctx.breaker.release(permit);
+                return Err(CallError::Cancelled);
+            }
+            r = tokio::time::timeout(remaining, attempt(remaining)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(ProviderError::timeout(format!(
+                    "{} did not answer within {}",
+                    op.as_str(),
+                    humantime::format_duration(remaining)
+                ))),
+            },
+        };
+        ctx.breaker.record(
+            permit,
+            outcome.as_ref().map(|_| ()).map_err(|e| e.category()),
+        );
+        let err = match outcome {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        tracing::debug!(operation = op.as_str(), retries, category = err.category().as_str(), error = %err, "provider call failed");
+        match ctx.retry.decide(
+            err.category(),
+            err.retry_after(),
+            retries,
+            started.elapsed(),
+            deadline,
+            rand::random(),
+        ) {
+            RetryDecision::Retry { delay } => {
+                retries += 1;
+                last = Some(err);
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(CallError::Cancelled),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            RetryDecision::GiveUp(_) => return Err(CallError::Failed(err)),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The `SandboxPool`: supervises N `SandboxWorker`s, replaces one that crashes, and tells the
+//! queue so that the crashed worker's job is re-leased.
+//!
+//! Restart intensity is bounded: more than `restart_limit` restarts within `restart_window` is
+//! a restart storm, and the pool fails with that reason so that its own supervisor escalates
+//! instead of letting it spin. What survives a worker crash: every job (the queue requeues the
+//! crashed worker's job); what is lost: the crashed run's partial step results.
+
+mod execute;
+mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+pub use execute::WorkerContext;
+pub use worker::{SandboxWorker, WorkerMsg};
+
+use crate::queue::QueueMsg;
+
+pub struct PoolArgs {
+    pub workers: usize,
+    pub restart_limit: u32,
+    pub restart_window: Duration,
+    pub ctx: Arc<WorkerContext>,
+    pub queue: ActorRef<QueueMsg>,
+}
+
+pub struct PoolState {
+    args: PoolArgs,
+    workers: HashMap<ActorId, usize>,
+    restarts: VecDeque<tokio::time::Instant>,
+}
+
+pub enum PoolMsg {
+    /// How many workers are alive.
+    Size(ractor::RpcReplyPort<usize>),
+}
+
+pub struct SandboxPool;
+
+impl SandboxPool {
+    async fn spawn_worker(
+        myself: &ActorRef<PoolMsg>,
+        state: &mut PoolState,
+        index: usize,
+    ) -> Result<(), ActorProcessingErr> {
+        let (worker, _) = Actor::spawn_linked(
+            None,
+            SandboxWorker,
+            worker::WorkerArgs {
+                index,
+                ctx: state.args.ctx.clone(),
+                queue: state.args.queue.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        state.workers.insert(worker.get_id(), index);
+        Ok(())
+    }
+
+    async fn replace(
+        myself: &ActorRef<PoolMsg>,
+        state: &mut PoolState,
+        cell: ActorCell,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(index) = state.workers.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let _ = state.args.queue.cast(QueueMsg::WorkerLost(cell.get_id()));
+        let now = tokio::time::Instant::now();
+        let window = state.args.restart_window;
+        state.restarts.retain(|t| now.duration_since(*t) < window);
+        if state.restarts.len() as u32 >= state.args.restart_limit {
+            tracing::error!(
+                restarts = state.restarts.len(),
+                window = %humantime::format_duration(window),
+                "worker restart storm: giving up"
+            );
+            return Err(format!(
+                "worker restart storm: more than {} restarts within {}",
+                state.args.restart_limit,
+                humantime::format_duration(window)
+            )
+            .into());
+        }
+        state.restarts.push_back(now);
+        tracing::warn!(worker = index, why, "worker crashed; replacing it");
+        Self::spawn_worker(myself, state, index).await
+    }
+}
+
+impl Actor for SandboxPool {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let mut state = PoolState {
+            workers: HashMap::new(),
+            restarts: VecDeque::new(),
+            args,
+        };
+        for index in 0..state.args.workers {
+            Self::spawn_worker(&myself, &mut state, index).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PoolMsg::Size(reply) => {
+                let _ = reply.send(state.workers.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        evt: SupervisionEvent,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                Self::replace(&myself, state, cell, err.to_string()).await?;
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let why = reason.unwrap_or_else(|| "stopped".into());
+                Self::replace(&myself, state, cell, why).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+//! The `local` provider: each sandbox is a directory under the data directory, and each
+//! command a real process tree started through `/bin/sh -c` in it.
+//!
+//! Every command runs in its own process group, with a scrubbed environment (only what the job
+//! passes, plus a safe `PATH` and `HOME`), under resource limits applied by `prlimit(1)` before
+//! the shell starts, and the whole group is killed when the command ends or its timeout fires,
+//! so that no process outlives its step. Paths are confined by `paths`. This module never
+//! retries and never decides whether a failure is worth retrying beyond classifying it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec, paths};
+
+/// Resource bounds for every process of a local sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalLimits {
+    pub cpu_time: Duration,
+    pub memory_bytes: u64,
+    pub open_files: u64,
+    pub processes: u64,
+    pub file_size_bytes: u64,
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        LocalLimits {
+            cpu_time: Duration::from_secs(300),
+            memory_bytes: 4 << 30,
+            open_files: 1024,
+            processes: 512,
+            file_size_bytes: 1 << 30,
+        }
+    }
+}
+
+const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+pub struct LocalProvider {
+    root: PathBuf,
+    limits: LocalLimits,
+}
+
+impl LocalProvider {
+    /// Sandboxes live under `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>, limits: LocalLimits) -> std::io::Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        Ok(LocalProvider { root, limits })
+    }
+
+    fn dir(&self, sandbox: &str) -> Result<PathBuf, ProviderError> {
+        let valid = sandbox.len() <= 64
+            && !sandbox.is_empty()
+            && sandbox
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(ProviderError::permanent(format!(
+                "sandbox id {sandbox:?} is not valid"
+            )));
+        }
+        let dir = self.root.join(sandbox);
+        if !dir.is_dir() {
+            return Err(
+                ProviderError::permanent(format!("sandbox {sandbox} was not found"))
+                    .with_sandbox_gone(),
+            );
+        }
+        Ok(dir)
+    }
+
+    fn meta_path(&self, sandbox: &str) -> PathBuf {
+        self.root.join(format!("{sandbox}.meta"))
+    }
+}
+
+fn new_sandbox_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    format!("sbx-{}", hex::encode(bytes))
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::transient(format!("{what}: {e}"))
+}
+
+#[async_trait::async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        let id = new_sandbox_id();
+        let dir = self.root.join(&id);
+        let meta = encode_meta(&spec.metadata, crate::clock::now_ms());
+        let meta_path = self.meta_path(&id);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir(&dir)?;
+            std::fs::write(meta_path, meta)
+        })
+        .await
+        .map_err(|e| internal("create sandbox", e))?
+        .map_err(|e| internal("create sandbox", e))?;
+        Ok(id)
+    }
+
+    async fn write_file(
+        &self,
+        sandbox: &str,
+        path: &str,
+        content: &[u8],
+    ) -> Result<(), ProviderError> {
+        let root = self.dir(sandbox)?;
+        let path = path.to_string();
+        let content = content.to_vec();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let full = paths::for_write(&root, &path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&full)
+                .map_err(|e| ProviderError::permanent(format!("write {path:?}: {e}")))?;
+            f.write_all(&content)
+                .map_err(|e| ProviderError::permanent(format!("write {path:?}: {e}")))
+        })
+        .await
+        .map_err(|e| internal("write file", e))?
+    }
+
+    async fn run(&self, sandbox: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
+        let dir = self.dir(sandbox)?;
+        run_in(&dir, &self.limits, spec).await
+    }
+
+    async fn read_file(
+        &self,
+        sandbox: &str,
+        path: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let root = self.dir(sandbox)?;
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let full = paths::for_read(&root, &path)?;
+            let f = std::fs::File::open(&full)
+                .map_err(|e| ProviderError::permanent(format!("read {path:?}: {e}")))?;
+            let mut buf = Vec::new();
+            f.take(max as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| ProviderError::permanent(format!("read {path:?}: {e}")))?;
+            if buf.len() > max {
+                return Err(ProviderError::permanent(format!(
+                    "read {path:?}: file is larger than the {max} byte limit"
+                )));
+            }
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| internal("read file", e))?
+    }
+
+    async fn kill(&self, sandbox: &str) -> Result<(), ProviderError> {
+        let dir = match self.dir(sandbox) {
+            Ok(d) => d,
+            Err(e) if e.sandbox_gone() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let meta = self.meta_path(sandbox);
+        tokio::task::spawn_blocking(move || {
+            std::fs::remove_dir_all(&dir)?;
+            match std::fs::remove_file(meta) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| internal("kill sandbox", e))?
+        .map_err(|e| internal("kill sandbox", e))
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&root).map_err(|e| internal("list sandboxes", e))? {
+                let entry = entry.map_err(|e| internal("list sandboxes", e))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                let Some(id) = name.strip_suffix(".meta") else {
+                    continue;
+                };
+                if !root.join(id).is_dir() {
+                    continue;
+                }
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let (metadata, started_at_ms) = decode_meta(&text);
+                out.push(SandboxInfo {
+                    id: id.to_string(),
+                    metadata,
+                    started_at_ms,
+                });
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| internal("list sandboxes", e))?
+    }
+}
+
+fn encode_meta(metadata: &BTreeMap<String, String>, started_at_ms: u64) -> String {
+    serde_json::json!({ "started_at_ms": started_at_ms, "metadata": metadata }).to_string()
+}
+
+fn decode_meta(text: &str) -> (BTreeMap<String, String>, u64) {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let metadata = v
+        .get("metadata")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    (
+        metadata,
+        v.get("started_at_ms").and_then(|s| s.as_u64()).unwrap_or(0),
+    )
+}
+
+/// Run one command in `dir` and kill its whole process group when it ends or times out.
+pub(crate) async fn run_in(
+    dir: &Path,
+    limits: &LocalLimits,
+    spec: &RunSpec,
+) -> Result<RunOutput, ProviderError> {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--cpu={}", limits.cpu_time.as_secs().max(1)))
+        .arg(format!("--as={}", limits.memory_bytes))
+        .arg(format!("--nofile={}", limits.open_files))
+        .arg(format!("--nproc={}", limits.processes))
+        .arg(format!("--fsize={}", limits.file_size_bytes))
+        .arg("--")
+        .arg("/bin/sh")
+        .arg("-c")
+        .arg(&spec.cmd)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", SAFE_PATH)
+        .env("HOME", dir)
+        .env("LANG", "C.UTF-8")
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ProviderError::transient(format!("start command: {e}")))?;
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_task = tokio::spawn(read_capped(stdout, spec.max_output));
+    let err_task = tokio::spawn(read_capped(stderr, spec.max_output));
+
+    // The guard kills the group however this future ends: completion, timeout or cancellation.
+    let guard = GroupGuard(pgid);
+    let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
+    drop(guard);
+    let status = match waited {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(ProviderError::transient(format!("wait for command: {e}"))),
+        Err(_) => {
+            let _ = child.wait().await;
+            return Err(ProviderError::timeout(format!(
+                "command timed out after {}",
+                humantime::format_duration(spec.timeout)
+            )));
+        }
+    };
+    let (stdout, out_trunc) = out_task.await.unwrap_or_default();
+    let (stderr, err_trunc) = err_task.await.unwrap_or_default();
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal()
+        && (sig == Signal::SIGXCPU as i32 || sig == Signal::SIGXFSZ as i32)
+    {
+        let what = if sig == Signal::SIGXCPU as i32 {
+            "cpu time"
+        } else {
+            "file size"
+        };
+        return Err(ProviderError::resource_limit(format!(
+            "command exceeded its {what} limit"
+        )));
+    }
+    let exit_code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(RunOutput {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        exit_code,
+        truncated: out_trunc || err_trunc,
+    })
+}
+
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            // ESRCH (group already empty) is the normal case.
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, truncated)
+}

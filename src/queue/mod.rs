@@ -1,0 +1,369 @@
+//! The `QueueActor`: owns the job queue in the store, accepts submissions, hands due jobs to
+//! idle workers, and records how each run ended.
+//!
+//! The actor is the only writer of job state; workers report back with `Finished` and the
+//! pool reports a dead worker with `WorkerLost`. It never waits for an fsync inside a handler:
+//! a submission is written, then the caller waits on the store's group commit before it
+//! acknowledges the client. On start it reclaims every lease left by an earlier process
+//! (at-least-once: the interrupted job runs again, its attempt recorded as `interrupted`).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::BreakerView;
+use crate::clock::now_ms;
+use crate::job::{Attempt, Job, JobError, JobSpec, JobStatus};
+use crate::pool::WorkerMsg;
+use crate::store::{Lease, Store, StoreError, Ticket};
+
+/// A job change that someone may be waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEvent {
+    pub id: String,
+    pub user_id: String,
+    pub status: JobStatus,
+    pub at_ms: u64,
+}
+
+/// A job handed to a worker.
+pub struct Assignment {
+    pub job: Job,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} was not found")]
+    NotFound(String),
+    #[error("job {id} is {status} and cannot be cancelled")]
+    NotCancellable { id: String, status: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reply to a submission: the job, and whether it was new (false for an idempotent repeat).
+pub struct Submitted {
+    pub job: Job,
+    pub created: bool,
+    pub ticket: Ticket,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub ready: usize,
+    pub leased: usize,
+    pub idle_workers: usize,
+    pub running: usize,
+    pub paused: bool,
+}
+
+pub enum QueueMsg {
+    Submit(Box<JobSpec>, RpcReplyPort<Result<Submitted, QueueError>>),
+    Cancel(String, RpcReplyPort<Result<Job, QueueError>>),
+    WorkerReady(ActorRef<WorkerMsg>),
+    Finished {
+        worker: ActorId,
+        job: Box<Job>,
+    },
+    WorkerLost(ActorId),
+    /// Re-check the ready queue (scheduled jobs coming due).
+    Tick,
+    Stats(RpcReplyPort<QueueStats>),
+}
+
+pub struct QueueArgs {
+    pub store: Store,
+    pub events: broadcast::Sender<JobEvent>,
+    pub max_attempts: u32,
+    pub breaker: watch::Receiver<BreakerView>,
+    /// Jobs allowed to run at once while the breaker probes.
+    pub probes: usize,
+}
+
+pub struct QueueState {
+    store: Store,
+    events: broadcast::Sender<JobEvent>,
+    max_attempts: u32,
+    breaker: watch::Receiver<BreakerView>,
+    probes: usize,
+    idle: VecDeque<ActorRef<WorkerMsg>>,
+    /// worker -> (job seq, cancel token)
+    running: HashMap<ActorId, (u64, CancellationToken)>,
+}
+
+pub struct QueueActor;
+
+impl Actor for QueueActor {
+    type Msg = QueueMsg;
+    type State = QueueState;
+    type Arguments = QueueArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<QueueMsg>,
+        args: QueueArgs,
+    ) -> Result<QueueState, ActorProcessingErr> {
+        let state = QueueState {
+            store: args.store,
+            events: args.events,
+            max_attempts: args.max_attempts,
+            breaker: args.breaker,
+            probes: args.probes,
+            idle: VecDeque::new(),
+            running: HashMap::new(),
+        };
+        let leased = state.store.leased()?;
+        if !leased.is_empty() {
+            tracing::warn!(
+                count = leased.len(),
+                "reclaiming jobs interrupted by a previous stop"
+            );
+        }
+        for (seq, _lease) in leased {
+            state.interrupted(seq, "the service stopped while it ran")?;
+        }
+        state.store.flush().await?;
+        myself.send_interval(Duration::from_secs(1), || QueueMsg::Tick);
+        // Wake the queue whenever the breaker changes, so that recovery drains at once.
+        let mut watch = state.breaker.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                if me.cast(QueueMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<QueueMsg>,
+        msg: QueueMsg,
+        state: &mut QueueState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            QueueMsg::Submit(spec, reply) => {
+                let result = state.submit(*spec);
+                let _ = reply.send(result);
+            }
+            QueueMsg::Cancel(id, reply) => {
+                let _ = reply.send(state.cancel(&id));
+            }
+            QueueMsg::WorkerReady(worker) => {
+                if !state.idle.iter().any(|w| w.get_id() == worker.get_id()) {
+                    state.idle.push_back(worker);
+                }
+            }
+            QueueMsg::Finished { worker, job } => {
+                state.finished(worker, *job)?;
+            }
+            QueueMsg::WorkerLost(worker) => {
+                state.idle.retain(|w| w.get_id() != worker);
+                if let Some((seq, token)) = state.running.remove(&worker) {
+                    token.cancel();
+                    state.interrupted(seq, "its worker crashed")?;
+                }
+            }
+            QueueMsg::Tick => {}
+            QueueMsg::Stats(reply) => {
+                let _ = reply.send(QueueStats {
+                    ready: state.store.ready_len(),
+                    leased: state.store.leased_len(),
+                    idle_workers: state.idle.len(),
+                    running: state.running.len(),
+                    paused: false,
+                });
+            }
+        }
+        state.dispatch()?;
+        Ok(())
+    }
+}
+
+impl QueueState {
+    fn emit(&self, job: &Job) {
+        let _ = self.events.send(JobEvent {
+            id: job.id.clone(),
+            user_id: job.spec.user_id.clone(),
+            status: job.status,
+            at_ms: job.updated_at_ms,
+        });
+    }
+
+    fn submit(&mut self, spec: JobSpec) -> Result<Submitted, QueueError> {
+        let seq = self.store.next_seq()?;
+        let job = Job::new(seq, spec, now_ms());
+        let existing = self.store.insert_job(&job)?;
+        let ticket = self.store.ticket();
+        if let Some(first) = existing {
+            return Ok(Submitted {
+                job: first,
+                created: false,
+                ticket,
+            });
+        }
+        tracing::info!(job_id = %job.id, user_id = %job.spec.user_id, priority = ?job.spec.priority, "job accepted");
+        self.emit(&job);
+        Ok(Submitted {
+            job,
+            created: true,
+            ticket,
+        })
+    }
+
+    fn cancel(&mut self, id: &str) -> Result<Job, QueueError> {
+        let mut job = self
+            .store
+            .get_job(id)?
+            .ok_or_else(|| QueueError::NotFound(id.into()))?;
+        match job.status {
+            JobStatus::Pending => {
+                let key = job.ready_key();
+                let now = now_ms();
+                job.status = JobStatus::Cancelled;
+                job.reason = Some("cancelled by request".into());
+                job.updated_at_ms = now;
+                job.finished_at_ms = Some(now);
+                if !self.store.unqueue(&job, key)? {
+                    return Err(QueueError::NotCancellable {
+                        id: id.into(),
+                        status: "running",
+                    });
+                }
+            }
+            JobStatus::Running => {
+                // The worker sees the token, kills the command and reports `cancelled`.
+                let token = self
+                    .running
+                    .values()
+                    .find(|(seq, _)| *seq == job.seq)
+                    .map(|(_, t)| t.clone());
+                match token {
+                    Some(t) => t.cancel(),
+                    None => {
+                        return Err(QueueError::NotCancellable {
+                            id: id.into(),
+                            status: "running",
+                        });
+                    }
+                }
+                return Ok(job);
+            }
+            other => {
+                return Err(QueueError::NotCancellable {
+                    id: id.into(),
+                    status: other.as_str(),
+                });
+            }
+        }
+        tracing::info!(job_id = %job.id, "job cancelled");
+        self.emit(&job);
+        Ok(job)
+    }
+
+    fn finished(&mut self, worker: ActorId, mut job: Job) -> Result<(), QueueError> {
+        let Some((seq, _)) = self.running.remove(&worker) else {
+            // A report from a worker the queue no longer tracks (it was declared lost): the job
+            // was already requeued, so this late result is dropped.
+            tracing::warn!(job_id = %job.id, "dropping a late result from a lost worker");
+            return Ok(());
+        };
+        debug_assert_eq!(seq, job.seq);
+        job.updated_at_ms = now_ms();
+        self.store.release(&job)?;
+        tracing::info!(
+            job_id = %job.id,
+            status = job.status.as_str(),
+            attempts = job.attempts.len(),
+            error_category = job.error.as_ref().map(|e| e.category.as_str()).unwrap_or(""),
+            "job run ended"
+        );
+        self.emit(&job);
+        Ok(())
+    }
+
+    /// A running job lost its worker or its process: run it again, or fail it when it has
+    /// been interrupted as often as it may be.
+    fn interrupted(&self, seq: u64, why: &str) -> Result<(), QueueError> {
+        let Some(mut job) = self.store.get_job_by_seq(seq)? else {
+            return Ok(());
+        };
+        let now = now_ms();
+        if let Some(a) = job.attempts.last_mut()
+            && a.outcome.is_none()
+        {
+            a.ended_at_ms = Some(now);
+            a.outcome = Some("interrupted".into());
+            a.error = Some(why.into());
+        }
+        job.updated_at_ms = now;
+        if job.attempts.len() as u32 >= self.max_attempts {
+            job.status = JobStatus::Failed;
+            job.finished_at_ms = Some(now);
+            job.error = Some(JobError {
+                category: "interrupted".into(),
+                message: format!("interrupted {} times; last: {why}", job.attempts.len()),
+                step: None,
+            });
+        } else {
+            job.status = JobStatus::Pending;
+            job.reason = Some(format!("requeued: {why}"));
+        }
+        self.store.release(&job)?;
+        tracing::warn!(job_id = %job.id, status = job.status.as_str(), why, "job run interrupted");
+        self.emit(&job);
+        Ok(())
+    }
+
+    fn dispatch(&mut self) -> Result<(), QueueError> {
+        while let Some(worker) = self.idle.front().cloned() {
+            let now = now_ms();
+            {
+                let view = self.breaker.borrow();
+                if view.refuses(now) || (view.probing() && self.running.len() >= self.probes) {
+                    break;
+                }
+            }
+            let Some(seq) = self.store.peek_ready(now)? else {
+                break;
+            };
+            let lease = Lease {
+                worker: worker.get_id().to_string(),
+                claimed_at_ms: now,
+                attempt: 0,
+            };
+            let claimed = self.store.claim(seq, &lease, |job| {
+                job.status = JobStatus::Running;
+                job.reason = None;
+                job.updated_at_ms = now;
+                job.started_at_ms.get_or_insert(now);
+                job.attempts.push(Attempt {
+                    number: job.attempts.len() as u32 + 1,
+                    started_at_ms: now,
+                    ended_at_ms: None,
+                    outcome: None,
+                    error_category: None,
+                    error: None,
+                });
+            })?;
+            let Some(job) = claimed else { continue };
+            self.idle.pop_front();
+            let cancel = CancellationToken::new();
+            tracing::info!(job_id = %job.id, attempt = job.attempts.len(), "job started");
+            self.emit(&job);
+            self.running
+                .insert(worker.get_id(), (job.seq, cancel.clone()));
+            if let Err(e) = worker.cast(WorkerMsg::Run(Box::new(Assignment { job, cancel }))) {
+                // The worker died between its last report and now; the pool will report it lost.
+                tracing::warn!(error = %e, "could not hand a job to a worker");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! The runtime: the root supervisor and its tree, and the `RuntimeHandle` through which the
+//! HTTP API, the CLI and embedding applications use it.
+//!
+//! ```text
+//! RootSupervisor (one-for-all, bounded restarts)
+//! ├── CircuitBreakerActor
+//! ├── QueueActor
+//! └── SandboxPool ── SandboxWorker x N
+//! ```
+//! The children depend on each other's references, so a failure of any of them restarts all
+//! three (each rebuilds from the store in `pre_start`; in-flight jobs are re-leased). A worker
+//! restart storm in the pool is not retried: it escalates, the root stops, and the process
+//! exits non-zero. Readers (job lookups, lists, the breaker view) go to the store and to
+//! published state directly; every change of state goes through an actor.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{broadcast, watch};
+
+use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitBreakerActor};
+use crate::config::{ProviderKind, Settings};
+use crate::job::{Job, JobSpec, JobStatus};
+use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
+use crate::provider::Provider;
+use crate::provider::faults::{FaultControl, Faults, FaultyProvider};
+use crate::provider::local::LocalProvider;
+use crate::queue::{JobEvent, QueueActor, QueueArgs, QueueError, QueueMsg, QueueStats};
+use crate::retry::{Jitter, RetryPolicy};
+use crate::store::{Store, StoreError};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("could not open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("could not set up the {provider} provider: {why}")]
+    Provider { provider: &'static str, why: String },
+    #[error("could not start the actor tree: {0}")]
+    Spawn(String),
+    #[error("the runtime is not running")]
+    Stopped,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// References to the live children, replaced on every restart.
+#[derive(Clone)]
+struct Links {
+    queue: ActorRef<QueueMsg>,
+    breaker: BreakerLink,
+    pool: ActorRef<PoolMsg>,
+}
+
+struct RootArgs {
+    settings: Settings,
+    store: Store,
+    provider: Arc<dyn Provider>,
+    events: broadcast::Sender<JobEvent>,
+    links: watch::Sender<Option<Links>>,
+    exit: Arc<Mutex<Option<String>>>,
+    instance: String,
+}
+
+struct RootState {
+    args: RootArgs,
+    children: Vec<ractor::ActorCell>,
+    restarts: VecDeque<tokio::time::Instant>,
+}
+
+struct RootSupervisor;
+
+const ROOT_RESTART_LIMIT: usize = 3;
+const ROOT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+fn retry_policy(s: &Settings) -> RetryPolicy {
+    let r = &s.retry;
+    RetryPolicy {
+        max_retries: r.max_retries,
+        base: r.base,
+        cap: r.cap,
+        multiplier: r.multiplier,
+        jitter: match r.jitter.as_str() {
+            "none" => Jitter::None,
+            "equal" => Jitter::Equal,
+            _ => Jitter::Full,
+        },
+        rate_limit_delay: r.rate_limit_delay,
+    }
+}
+
+impl RootSupervisor {
+    async fn start_children(
+        myself: &ActorRef<()>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let a = &state.args;
+        let (breaker, breaker_ref) = CircuitBreakerActor::start(
+            BreakerArgs {
+                provider: a.provider.name().to_string(),
+                settings: a.settings.breaker.clone(),
+                store: a.store.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let (queue, _) = Actor::spawn_linked(
+            None,
+            QueueActor,
+            QueueArgs {
+                store: a.store.clone(),
+                events: a.events.clone(),
+                max_attempts: a.settings.max_attempts,
+                breaker: breaker.subscribe(),
+                probes: a.settings.breaker.half_open_probes as usize,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let ctx = Arc::new(WorkerContext {
+            provider: a.provider.clone(),
+            retry: retry_policy(&a.settings),
+            breaker: breaker.clone(),
+            instance: a.instance.clone(),
+            max_attempts: a.settings.max_attempts,
+            max_output: a.settings.max_output_bytes,
+            max_read: a.settings.max_read_bytes,
+            create_timeout: a.settings.create_timeout,
+            write_timeout: a.settings.write_timeout,
+        });
+        let (pool, _) = Actor::spawn_linked(
+            None,
+            SandboxPool,
+            PoolArgs {
+                workers: a.settings.workers,
+                restart_limit: a.settings.restart_limit,
+                restart_window: a.settings.restart_window,
+                ctx,
+                queue: queue.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        state.children = vec![breaker_ref.get_cell(), queue.get_cell(), pool.get_cell()];
+        let _ = a.links.send(Some(Links {
+            queue,
+            breaker,
+            pool,
+        }));
+        Ok(())
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Msg = ();
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let mut state = RootState {
+            args,
+            children: Vec::new(),
+            restarts: VecDeque::new(),
+        };
+        Self::start_children(&myself, &mut state).await?;
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        evt: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        // Events from children of an earlier generation (killed on restart) are expected.
+        if !state.children.iter().any(|c| c.get_id() == cell.get_id()) {
+            return Ok(());
+        }
+        if why.contains("restart storm") {
+            *state.args.exit.lock().expect("exit lock") = Some(why.clone());
+            return Err(why.into());
+        }
+        let now = tokio::time::Instant::now();
+        state
+            .restarts
+            .retain(|t| now.duration_since(*t) < ROOT_RESTART_WINDOW);
+        if state.restarts.len() >= ROOT_RESTART_LIMIT {
+            let msg = format!(
+                "supervision gave up after {ROOT_RESTART_LIMIT} restarts in a minute; last: {why}"
+            );
+            *state.args.exit.lock().expect("exit lock") = Some(msg.clone());
+            return Err(msg.into());
+        }
+        state.restarts.push_back(now);
+        tracing::error!(why, "an actor of the tree failed; restarting the tree");
+        let _ = state.args.links.send(None);
+        for child in state.children.drain(..) {
+            child.kill();
+        }
+        Self::start_children(&myself, state).await
+    }
+}
+
+/// Entry point for embedding: `Runtime::start(settings)` runs the whole tree in the current
+/// tokio runtime and returns a handle.
+pub struct Runtime;
+
+impl Runtime {
+    /// Start with the provider the settings name.
+    pub async fn start(settings: Settings) -> Result<RuntimeHandle, RuntimeError> {
+        let provider: Arc<dyn Provider> = match settings.provider {
+            ProviderKind::Local => Arc::new(
+                LocalProvider::new(settings.data_dir.join("sandboxes"), settings.local.clone())
+                    .map_err(|e| RuntimeError::Provider {
+                        provider: "local",
+                        why: e.to_string(),
+                    })?,
+            ),
+            ProviderKind::E2b => {
+                return Err(RuntimeError::Provider {
+                    provider: "e2b",
+                    why: "the e2b provider is not available in this build".into(),
+                });
+            }
+        };
+        Self::start_with_provider(settings, provider).await
+    }
+
+    /// Start with a given provider (tests, embedding with a custom backend).
+    pub async fn start_with_provider(
+        settings: Settings,
+        provider: Arc<dyn Provider>,
+    ) -> Result<RuntimeHandle, RuntimeError> {
+        let store = Store::open(&settings.data_dir)?;
+        let instance = match store.get_record::<String>("instance")? {
+            Some(id) => id,
+            None => {
+                let id = format!("sw-{}", hex::encode(rand::random::<[u8; 6]>()));
+                store.put_record("instance", &id)?;
+                id
+            }
+        };
+        let f = &settings.faults;
+        let faults = FaultControl::new(Faults {
+            enabled: f.enabled,
+            error_rate: f.error_rate,
+            status: f.status,
+            retry_after: f.retry_after,
+            latency: f.latency,
+            outage_until_ms: f
+                .outage
+                .map(|d| crate::clock::now_ms() + d.as_millis() as u64),
+        });
+        if f.enabled {
+            tracing::warn!(?f, "fault injection is ON from configuration");
+        }
+        let provider: Arc<dyn Provider> = Arc::new(FaultyProvider::new(provider, faults.clone()));
+        let (events, _) = broadcast::channel(4096);
+        let (links_tx, links_rx) = watch::channel(None);
+        let exit = Arc::new(Mutex::new(None));
+        let (root, join) = Actor::spawn(
+            None,
+            RootSupervisor,
+            RootArgs {
+                settings: settings.clone(),
+                store: store.clone(),
+                provider,
+                events: events.clone(),
+                links: links_tx,
+                exit: exit.clone(),
+                instance,
+            },
+        )
+        .await
+        .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+        Ok(RuntimeHandle {
+            inner: Arc::new(HandleInner {
+                settings,
+                store,
+                events,
+                links: links_rx,
+                root,
+                join: tokio::sync::Mutex::new(Some(join)),
+                exit,
+                faults,
+            }),
+        })
+    }
+}
+
+/// A cheap, cloneable handle to a running runtime.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    settings: Settings,
+    store: Store,
+    events: broadcast::Sender<JobEvent>,
+    links: watch::Receiver<Option<Links>>,
+    root: ActorRef<()>,
+    join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    exit: Arc<Mutex<Option<String>>>,
+    faults: Arc<FaultControl>,
+}
+
+/// A page of jobs.
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+impl RuntimeHandle {
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.inner.settings.data_dir.clone()
+    }
+
+    async fn links(&self) -> Result<Links, RuntimeError> {
+        let mut rx = self.inner.links.clone();
+        // During a tree restart the links are briefly absent.
+        let links = tokio::time::timeout(CALL_TIMEOUT, rx.wait_for(|l| l.is_some()))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?
+            .map_err(|_| RuntimeError::Stopped)?;
+        Ok(links.clone().expect("waited for some"))
+    }
+
+    async fn queue_call<T>(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<T>) -> QueueMsg,
+    ) -> Result<T, RuntimeError>
+    where
+        T: Send + 'static,
+    {
+        let links = self.links().await?;
+        match links.queue.call(msg, Some(CALL_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    /// Submit a job; returns once it is durable. The flag is false when an earlier job with
+    /// the same idempotency key was returned instead.
+    pub async fn submit(&self, spec: JobSpec) -> Result<(Job, bool), RuntimeError> {
+        let submitted = self
+            .queue_call(|r| QueueMsg::Submit(Box::new(spec), r))
+            .await??;
+        self.inner.store.durable(submitted.ticket).await?;
+        Ok((self.decorate(submitted.job), submitted.created))
+    }
+
+    /// Pending jobs say why they wait when the provider is down.
+    fn decorate(&self, mut job: Job) -> Job {
+        if job.status == JobStatus::Pending
+            && job.reason.is_none()
+            && let Some(links) = self.inner.links.borrow().as_ref()
+            && links.breaker.view().refuses(crate::clock::now_ms())
+        {
+            job.reason = Some("provider unavailable, waiting for recovery".into());
+        }
+        job
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Job>, RuntimeError> {
+        Ok(self.inner.store.get_job(id)?.map(|j| self.decorate(j)))
+    }
+
+    pub fn list(
+        &self,
+        user: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, RuntimeError> {
+        let before = cursor.and_then(Job::seq_of);
+        let (jobs, next) = self
+            .inner
+            .store
+            .list_user_jobs(user, status, limit, before)?;
+        Ok(JobPage {
+            jobs: jobs.into_iter().map(|j| self.decorate(j)).collect(),
+            next_cursor: next.map(Job::id_of),
+        })
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Job, RuntimeError> {
+        let id = id.to_string();
+        let job = self.queue_call(|r| QueueMsg::Cancel(id, r)).await??;
+        Ok(job)
+    }
+
+    /// Wait until the job ends or `timeout` passes; returns the job as it is then.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<Job>, RuntimeError> {
+        let mut events = self.inner.events.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Some(job) = self.get(id)? else {
+                return Ok(None);
+            };
+            if job.status.is_terminal() {
+                return Ok(Some(job));
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => return self.get(id),
+                    Ok(Ok(ev)) if ev.id != id => continue,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return self.get(id),
+                    // A matching event, or lagged (we may have missed it): look again.
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Job transitions as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, RuntimeError> {
+        self.queue_call(QueueMsg::Stats).await
+    }
+
+    pub async fn breaker(&self) -> Result<BreakerView, RuntimeError> {
+        Ok(self.links().await?.breaker.view())
+    }
+
+    pub async fn breaker_control(
+        &self,
+        action: BreakerAction,
+    ) -> Result<BreakerView, RuntimeError> {
+        let links = self.links().await?;
+        let actor = links.breaker.actor();
+        let msg = match action {
+            BreakerAction::Reset => BreakerMsg::Reset,
+            BreakerAction::Open => BreakerMsg::ForceOpen,
+            BreakerAction::Disable => BreakerMsg::Disable,
+        };
+        match actor.call(msg, Some(CALL_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    pub fn faults(&self) -> &Arc<FaultControl> {
+        &self.inner.faults
+    }
+
+    pub async fn pool_size(&self) -> Result<usize, RuntimeError> {
+        let links = self.links().await?;
+        match links.pool.call(PoolMsg::Size, Some(CALL_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    /// Resolves when the tree stops; `Err` carries the reason when it stopped abnormally.
+    pub async fn stopped(&self) -> Result<(), String> {
+        let join = self.inner.join.lock().await.take();
+        if let Some(join) = join {
+            let _ = join.await;
+        }
+        match self.inner.exit.lock().expect("exit lock").clone() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop the tree (running jobs are interrupted and re-run on the next start) and flush.
+    pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        self.inner.root.stop(Some("shutdown".into()));
+        let _ = self.stopped().await;
+        self.inner.store.flush().await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerAction {
+    Reset,
+    Open,
+    Disable,
+}

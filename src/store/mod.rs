@@ -1,0 +1,396 @@
+//! The durable store: one sled database with typed trees, and the only module that touches
+//! sled. Nothing outside it sees a sled type.
+//!
+//! Trees: `jobs` (seq -> job JSON), `ready` (priority, run-at, seq -> seq; big-endian so byte
+//! order is queue order), `leases` (seq -> lease JSON, the jobs claimed by a worker),
+//! `by_user` (user, 0x00, seq -> ()), `idempotency` (user, 0x00, key -> seq), `kv`
+//! (small named records for the breaker and the limiter), `meta` (schema version).
+//!
+//! **Invariant:** a job seq is in at most one of `ready` and `leases`, and a pending job is in
+//! `ready`; every move between them is one transaction together with the job record.
+//! Writes become durable only through `durable()`, which group-commits: concurrent callers
+//! share one fsync.
+
+mod durability;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::job::{Job, JobStatus};
+pub use durability::Ticket;
+
+const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store i/o failed: {0}")]
+    Io(String),
+    #[error("stored record {key} is corrupt: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("store schema version {found} is newer than this build understands ({SCHEMA_VERSION})")]
+    Schema { found: u64 },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A job claimed by a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub worker: String,
+    pub claimed_at_ms: u64,
+    pub attempt: u32,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    jobs: sled::Tree,
+    ready: sled::Tree,
+    leases: sled::Tree,
+    by_user: sled::Tree,
+    idempotency: sled::Tree,
+    kv: sled::Tree,
+    durability: durability::GroupCommit,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn decode_job(key: &[u8], bytes: &[u8]) -> Result<Job> {
+    let mut job: Job = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: format!("jobs/{}", hex::encode(key)),
+        why: e.to_string(),
+    })?;
+    job.seq = seq_from(key)?;
+    Ok(job)
+}
+
+fn seq_from(key: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+        key: hex::encode(key),
+        why: "a job key is 8 bytes".into(),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn user_key(user: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 9);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn idem_key(user: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + key.len() + 1);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn abort<T>(e: StoreError) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            Some(v) => {
+                let found =
+                    u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        key: "meta/schema_version".into(),
+                        why: "not 8 bytes".into(),
+                    })?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        let inner = Inner {
+            jobs: db.open_tree("jobs")?,
+            ready: db.open_tree("ready")?,
+            leases: db.open_tree("leases")?,
+            by_user: db.open_tree("by_user")?,
+            idempotency: db.open_tree("idempotency")?,
+            kv: db.open_tree("kv")?,
+            durability: durability::GroupCommit::default(),
+            db,
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// A fresh, monotonically increasing job sequence number.
+    pub fn next_seq(&self) -> Result<u64> {
+        Ok(self.inner.db.generate_id()?)
+    }
+
+    /// Note a write whose durability a caller will wait for.
+    pub fn ticket(&self) -> Ticket {
+        self.inner.durability.ticket()
+    }
+
+    /// Wait until every write made before `ticket` was taken is on disk.
+    pub async fn durable(&self, ticket: Ticket) -> Result<()> {
+        let db = self.inner.db.clone();
+        self.inner
+            .durability
+            .wait(ticket, || async move { db.flush_async().await.map(|_| ()) })
+            .await
+            .map_err(StoreError::from)
+    }
+
+    /// Flush everything now.
+    pub async fn flush(&self) -> Result<()> {
+        let t = self.ticket();
+        self.durable(t).await
+    }
+
+    /// Insert a new pending job (and its idempotency key), or return the job that already holds
+    /// the key.
+    pub fn insert_job(&self, job: &Job) -> Result<Option<Job>> {
+        let i = &self.inner;
+        let key = job.seq.to_be_bytes();
+        let bytes = encode(job);
+        let ukey = user_key(&job.spec.user_id, job.seq);
+        let ikey = job
+            .spec
+            .idempotency_key
+            .as_ref()
+            .map(|k| idem_key(&job.spec.user_id, k));
+        let existing = (&i.jobs, &i.ready, &i.by_user, &i.idempotency).transaction(
+            |(jobs, ready, by_user, idem)| {
+                if let Some(ikey) = &ikey {
+                    if let Some(prev) = idem.get(ikey)? {
+                        return Ok(Some(prev.to_vec()));
+                    }
+                    idem.insert(ikey.as_slice(), &key)?;
+                }
+                jobs.insert(&key, bytes.as_slice())?;
+                if job.status == JobStatus::Pending {
+                    ready.insert(&job.ready_key(), &key)?;
+                }
+                by_user.insert(ukey.as_slice(), &[])?;
+                Ok(None)
+            },
+        )?;
+        match existing {
+            Some(prev) => Ok(self.get_job_by_seq(seq_from(&prev)?)?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_job(&self, id: &str) -> Result<Option<Job>> {
+        match Job::seq_of(id) {
+            Some(seq) => self.get_job_by_seq(seq),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_job_by_seq(&self, seq: u64) -> Result<Option<Job>> {
+        let key = seq.to_be_bytes();
+        match self.inner.jobs.get(key)? {
+            Some(v) => Ok(Some(decode_job(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Overwrite a job record without touching the queue trees.
+    pub fn put_job(&self, job: &Job) -> Result<()> {
+        self.inner.jobs.insert(job.seq.to_be_bytes(), encode(job))?;
+        Ok(())
+    }
+
+    /// The job at the head of the ready queue whose run time has come, if any.
+    pub fn peek_ready(&self, now_ms: u64) -> Result<Option<u64>> {
+        for item in self.inner.ready.iter() {
+            let (k, v) = item?;
+            let run_at = u64::from_be_bytes(k[1..9].try_into().expect("ready keys are 17 bytes"));
+            if run_at <= now_ms {
+                return Ok(Some(seq_from(&v)?));
+            }
+            // A later-scheduled job of a higher priority must not hide due jobs of lower ones.
+        }
+        Ok(None)
+    }
+
+    /// Move a pending job into `leases` and mark it running, in one transaction. Returns `None`
+    /// if it is no longer ready (cancelled, or claimed meanwhile).
+    pub fn claim(&self, seq: u64, lease: &Lease, update: impl Fn(&mut Job)) -> Result<Option<Job>> {
+        let i = &self.inner;
+        let key = seq.to_be_bytes();
+        let lease_bytes = encode(lease);
+        let claimed = (&i.jobs, &i.ready, &i.leases).transaction(|(jobs, ready, leases)| {
+            let Some(bytes) = jobs.get(key)? else {
+                return Ok(None);
+            };
+            let mut job = match decode_job(&key, &bytes) {
+                Ok(j) => j,
+                Err(e) => return abort(e),
+            };
+            if job.status != JobStatus::Pending || ready.remove(&job.ready_key())?.is_none() {
+                return Ok(None);
+            }
+            update(&mut job);
+            jobs.insert(&key, encode(&job))?;
+            leases.insert(&key, lease_bytes.as_slice())?;
+            Ok(Some(job))
+        })?;
+        Ok(claimed)
+    }
+
+    /// Record a job's end (or its return to the queue when it is pending again), releasing its
+    /// lease, in one transaction.
+    pub fn release(&self, job: &Job) -> Result<()> {
+        let i = &self.inner;
+        let key = job.seq.to_be_bytes();
+        let bytes = encode(job);
+        let ready_key = job.ready_key();
+        (&i.jobs, &i.ready, &i.leases).transaction(|(jobs, ready, leases)| {
+            leases.remove(&key)?;
+            if job.status == JobStatus::Pending {
+                ready.insert(&ready_key, &key)?;
+            }
+            jobs.insert(&key, bytes.as_slice())?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Take a pending job out of the ready queue and store it as given (cancelled). Returns false
+    /// if it was not pending.
+    pub fn unqueue(&self, job: &Job, pending_key: [u8; 17]) -> Result<bool> {
+        let i = &self.inner;
+        let key = job.seq.to_be_bytes();
+        let bytes = encode(job);
+        let done = (&i.jobs, &i.ready).transaction(|(jobs, ready)| {
+            if ready.remove(&pending_key)?.is_none() {
+                return Ok(false);
+            }
+            jobs.insert(&key, bytes.as_slice())?;
+            Ok(true)
+        })?;
+        Ok(done)
+    }
+
+    /// Every job holding a lease: after a restart, these were interrupted.
+    pub fn leased(&self) -> Result<Vec<(u64, Lease)>> {
+        let mut out = Vec::new();
+        for item in self.inner.leases.iter() {
+            let (k, v) = item?;
+            let lease: Lease = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: format!("leases/{}", hex::encode(&k)),
+                why: e.to_string(),
+            })?;
+            out.push((seq_from(&k)?, lease));
+        }
+        Ok(out)
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.inner.ready.len()
+    }
+
+    pub fn leased_len(&self) -> usize {
+        self.inner.leases.len()
+    }
+
+    /// A user's jobs, newest first, starting below `before` (a seq cursor).
+    pub fn list_user_jobs(
+        &self,
+        user: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Job>, Option<u64>)> {
+        let start = user_key(user, 0);
+        let end = user_key(user, before.unwrap_or(u64::MAX));
+        let mut out = Vec::new();
+        let mut next = None;
+        let range = if before.is_some() {
+            self.inner.by_user.range(start..end)
+        } else {
+            self.inner.by_user.range(start..=end)
+        };
+        for item in range.rev() {
+            let (k, _) = item?;
+            let seq = seq_from(&k[k.len() - 8..])?;
+            let Some(job) = self.get_job_by_seq(seq)? else {
+                continue;
+            };
+            if status.is_some_and(|s| s != job.status) {
+                continue;
+            }
+            if out.len() == limit {
+                next = out.last().map(|j: &Job| j.seq);
+                break;
+            }
+            out.push(job);
+        }
+        Ok((out, next))
+    }
+
+    /// All jobs, in seq order (for stats and tests; O(n)).
+    pub fn all_jobs(&self) -> Result<Vec<Job>> {
+        self.inner
+            .jobs
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                decode_job(&k, &v)
+            })
+            .collect()
+    }
+
+    /// A small named record (breaker state, limiter usage).
+    pub fn get_record<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>> {
+        match self.inner.kv.get(name)? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    key: format!("kv/{name}"),
+                    why: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_record<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        self.inner.kv.insert(name, encode(value))?;
+        Ok(())
+    }
+}
