@@ -33,6 +33,8 @@ use crate::retry::{Jitter, RetryPolicy};
 use crate::store::{Store, StoreError};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long running jobs may take to finish when the service stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -172,6 +174,26 @@ impl Actor for RootSupervisor {
         };
         Self::start_children(&myself, &mut state).await?;
         Ok(state)
+    }
+
+    /// Stop children in reverse start order, each under the grace period, so that running
+    /// jobs can finish and report to a queue that is still there.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = state.args.links.send(None);
+        for child in state.children.drain(..).rev() {
+            if child
+                .stop_and_wait(Some("shutdown".into()), Some(SHUTDOWN_GRACE))
+                .await
+                .is_err()
+            {
+                child.kill();
+            }
+        }
+        Ok(())
     }
 
     async fn handle_supervisor_evt(
@@ -488,7 +510,11 @@ impl RuntimeHandle {
 
     /// Stop the tree (running jobs are interrupted and re-run on the next start) and flush.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
-        self.inner.root.stop(Some("shutdown".into()));
+        let _ = self
+            .inner
+            .root
+            .stop_and_wait(Some("shutdown".into()), Some(SHUTDOWN_GRACE * 3))
+            .await;
         let _ = self.stopped().await;
         self.inner.store.flush().await?;
         Ok(())

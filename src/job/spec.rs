@@ -124,7 +124,11 @@ pub fn parse(body: &[u8], defaults: &SpecDefaults) -> Result<JobSpec, SpecError>
             } else {
                 "invalid_field"
             };
-            let field = if path == "." || path == "?" { String::new() } else { path };
+            let field = if path == "." || path == "?" {
+                String::new()
+            } else {
+                path
+            };
             return Err(SpecError {
                 code,
                 field,

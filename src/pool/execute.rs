@@ -206,7 +206,14 @@ async fn run_each(
                     async move { ctx.provider.run(sandbox, &spec).await }
                 })
                 .await
-                .map_err(|e| classify(e, Some(index)))?;
+                .map_err(|e| match e {
+                    // The command outran its own timeout: the job's doing, not the provider's,
+                    // so running it again later would only time out again.
+                    CallError::Failed(pe) if pe.category() == ErrorCategory::Timeout => {
+                        StepFailure::Failed(job_error(&pe, Some(index)))
+                    }
+                    other => classify(other, Some(index)),
+                })?;
                 out.stdout = Some(output.stdout);
                 out.stderr = Some(output.stderr);
                 out.exit_code = Some(output.exit_code);
@@ -257,6 +264,9 @@ async fn create_sandbox(
         env: job.spec.sandbox.env.clone(),
         metadata: metadata.clone(),
     };
+    if job.attempts.len() > 1 {
+        reap_earlier_attempts(ctx, job).await;
+    }
     let mut uncertain = false;
     call(ctx, Operation::Create, ctx.create_timeout, cancel, |_| {
         let check = uncertain;
@@ -278,6 +288,23 @@ async fn create_sandbox(
         }
     })
     .await
+}
+
+/// Kill sandboxes left by earlier, interrupted attempts of this job (a crashed worker or
+/// process never got to clean up). Best effort: the orphan reaper is the safety net.
+async fn reap_earlier_attempts(ctx: &WorkerContext, job: &Job) {
+    let current = job.attempts.len().to_string();
+    let Ok(list) = ctx.provider.list().await else {
+        return;
+    };
+    for s in list {
+        let ours = s.metadata.get("sandwarden_job") == Some(&job.id)
+            && s.metadata.get("sandwarden_attempt") != Some(&current);
+        if ours {
+            tracing::info!(job_id = %job.id, sandbox = %s.id, "killing a sandbox left by an interrupted attempt");
+            let _ = ctx.provider.kill(&s.id).await;
+        }
+    }
 }
 
 /// One provider call under the step deadline, the breaker and the retry policy.

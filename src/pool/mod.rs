@@ -129,6 +129,24 @@ impl Actor for SandboxPool {
         Ok(())
     }
 
+    /// Let running jobs finish (each worker stops after its current job), within a grace
+    /// period; the root kills what is left.
+    async fn post_stop(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.workers.clear();
+        let workers = myself.get_children();
+        futures::future::join_all(
+            workers
+                .iter()
+                .map(|w| async move { w.stop_and_wait(Some("shutdown".into()), None).await.ok() }),
+        )
+        .await;
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<PoolMsg>,

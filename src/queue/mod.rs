@@ -93,6 +93,7 @@ pub struct QueueState {
     idle: VecDeque<ActorRef<WorkerMsg>>,
     /// worker -> (job seq, cancel token)
     running: HashMap<ActorId, (u64, CancellationToken)>,
+    stop: CancellationToken,
 }
 
 pub struct QueueActor;
@@ -115,6 +116,7 @@ impl Actor for QueueActor {
             probes: args.probes,
             idle: VecDeque::new(),
             running: HashMap::new(),
+            stop: CancellationToken::new(),
         };
         let leased = state.store.leased()?;
         if !leased.is_empty() {
@@ -127,18 +129,35 @@ impl Actor for QueueActor {
             state.interrupted(seq, "the service stopped while it ran")?;
         }
         state.store.flush().await?;
-        myself.send_interval(Duration::from_secs(1), || QueueMsg::Tick);
-        // Wake the queue whenever the breaker changes, so that recovery drains at once.
+        // A tick for scheduled jobs coming due, and a wake-up whenever the breaker changes so
+        // that recovery drains at once. Both end with the actor (`post_stop`): a task that
+        // outlived it would keep its references, and through them the store, alive.
         let mut watch = state.breaker.clone();
         let me = myself.clone();
+        let stop = state.stop.clone();
         tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                    changed = watch.changed() => if changed.is_err() { break },
+                }
                 if me.cast(QueueMsg::Tick).is_err() {
                     break;
                 }
             }
         });
         Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<QueueMsg>,
+        state: &mut QueueState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stop.cancel();
+        Ok(())
     }
 
     async fn handle(

@@ -1,0 +1,157 @@
+//! The circuit breaker end to end, with fault injection and tokio's paused clock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sandwarden::job::JobStatus;
+use sandwarden::provider::faults::Faults;
+use sandwarden::{Runtime, Settings};
+
+use crate::support::MemProvider;
+
+fn spec(cmd: &str) -> sandwarden::job::JobSpec {
+    let body = format!(r#"{{"user_id":"u","steps":[{{"run":{{"cmd":"{cmd}"}}}}]}}"#);
+    sandwarden::job::spec::parse(body.as_bytes(), &Default::default()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemProvider::default());
+    let mut settings = Settings::with_data_dir(dir.path());
+    settings.workers = 4;
+    let rt = Runtime::start_with_provider(settings, mem.clone())
+        .await
+        .unwrap();
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(rt.submit(spec(&format!("job{i}"))).await.unwrap().0.id);
+    }
+    // Let retries run their course on the paused clock; the breaker opens after 5 failures.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let view = rt.breaker().await.unwrap();
+    assert_eq!(view.state, "open", "{view:?}");
+    for id in &ids {
+        let job = rt.get(id).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Pending, "{job:?}");
+        assert!(
+            job.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("provider unavailable"),
+            "{job:?}"
+        );
+    }
+    let injected_while_open = rt.faults().injected();
+    // Before the 60 s open timeout nothing reaches the provider.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        rt.faults().injected(),
+        injected_while_open,
+        "calls were made while the breaker was open"
+    );
+
+    // After the timeout, one probe fails and re-opens it.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let probes = rt.faults().injected() - injected_while_open;
+    assert!(
+        (1..=2).contains(&probes),
+        "expected a single probe (one half-open call), saw {probes}"
+    );
+    assert_eq!(rt.breaker().await.unwrap().state, "open");
+
+    rt.faults().set(Faults::default());
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    for id in &ids {
+        let job = rt
+            .wait(id, Duration::from_secs(120))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.status, JobStatus::Completed, "{job:?}");
+    }
+    assert_eq!(rt.breaker().await.unwrap().state, "closed");
+    assert_eq!(mem.live(), 0);
+    assert!(mem.calls.load(Ordering::SeqCst) >= 60);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_fail_at_once_and_never_trip_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start_with_provider(
+        Settings::with_data_dir(dir.path()),
+        Arc::new(MemProvider::default()),
+    )
+    .await
+    .unwrap();
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 404,
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(rt.submit(spec(&format!("p{i}"))).await.unwrap().0.id);
+    }
+    for id in &ids {
+        let job = rt.wait(id, Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(job.error.as_ref().unwrap().category, "permanent");
+    }
+    assert_eq!(
+        rt.faults().injected(),
+        8,
+        "permanent errors are not retried"
+    );
+    let view = rt.breaker().await.unwrap();
+    assert_eq!(view.state, "closed");
+    assert_eq!(view.consecutive_failures, 0);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_stays_open_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rt = Runtime::start_with_provider(
+            Settings::with_data_dir(dir.path()),
+            Arc::new(MemProvider::default()),
+        )
+        .await
+        .unwrap();
+        rt.faults().set(Faults {
+            enabled: true,
+            error_rate: 1.0,
+            status: 500,
+            ..Default::default()
+        });
+        rt.submit(spec("x")).await.unwrap();
+        rt.submit(spec("y")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(rt.breaker().await.unwrap().state, "open");
+        rt.shutdown().await.unwrap();
+    }
+    let rt = Runtime::start_with_provider(
+        Settings::with_data_dir(dir.path()),
+        Arc::new(MemProvider::default()),
+    )
+    .await
+    .unwrap();
+    let view = rt.breaker().await.unwrap();
+    assert_eq!(
+        view.state, "open",
+        "a restart must not close an open breaker"
+    );
+    assert!(view.next_probe_at_ms.is_some());
+    rt.shutdown().await.unwrap();
+}

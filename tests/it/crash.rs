@@ -1,0 +1,100 @@
+//! Durability of the real binary: SIGKILL under load loses no accepted job.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data_dir: &std::path::Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandwarden"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "4",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start sandwarden");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Proc {
+        url: format!("http://{addr}"),
+        child,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_200_jobs_in_flight_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut proc = start(dir.path());
+    let mut accepted = Vec::new();
+    for i in 0..200 {
+        let r = http
+            .post(format!("{}/v1/jobs", proc.url))
+            .json(&json!({"user_id": "crash", "steps": [{"run": {"cmd": format!("sleep 0.05; echo {i}")}}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        accepted.push((i, body["id"].as_str().unwrap().to_string()));
+    }
+    // Some jobs are running and most are pending when the process dies.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proc.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = proc.child.wait();
+    drop(proc);
+
+    let proc = start(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (i, id) in &accepted {
+        let job: serde_json::Value = loop {
+            let r = http
+                .get(format!("{}/v1/jobs/{id}?wait=30s", proc.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "job {id} was lost");
+            let job: serde_json::Value = r.json().await.unwrap();
+            if job["status"] != "pending" && job["status"] != "running" {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "job {id} is stuck: {job}");
+        };
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["result"]["steps"][0]["stdout"], format!("{i}\n"));
+    }
+    eprintln!(
+        "crash test: 200 jobs, kill and recovery in {:.1?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, small helpers in `support`.
+
+mod api;
+mod breaker;
+mod crash;
+mod local;
+mod queue;
+mod support;

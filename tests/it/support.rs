@@ -1,0 +1,298 @@
+//! Helpers: an in-process service on 127.0.0.1:0, an in-memory provider for paused-clock
+//! tests, and a gate provider that holds calls until released.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sandwarden::provider::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec};
+use sandwarden::{Runtime, RuntimeHandle, Settings};
+use serde_json::{Value, json};
+
+pub struct Service {
+    pub url: String,
+    pub rt: RuntimeHandle,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    pub async fn start(tweak: impl FnOnce(&mut Settings)) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::with_data_dir(dir.path());
+        tweak(&mut settings);
+        let rt = Runtime::start(settings).await.unwrap();
+        Self::serve(rt, dir).await
+    }
+
+    pub async fn with_provider(
+        provider: Arc<dyn Provider>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::with_data_dir(dir.path());
+        tweak(&mut settings);
+        let rt = Runtime::start_with_provider(settings, provider)
+            .await
+            .unwrap();
+        Self::serve(rt, dir).await
+    }
+
+    async fn serve(rt: RuntimeHandle, dir: tempfile::TempDir) -> Service {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(sandwarden::api::serve(
+            rt.clone(),
+            listener,
+            std::future::pending(),
+        ));
+        Service {
+            url,
+            rt,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submit and return the job id.
+    pub async fn submit(&self, job: Value) -> String {
+        let (status, body) = self.post("/v1/jobs", &job).await;
+        assert_eq!(status, 201, "submit failed: {body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Long-poll until the job ends (or 60 s pass).
+    pub async fn wait(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/jobs/{id}?wait=60s")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+pub fn run_job(user: &str, cmd: &str) -> Value {
+    json!({"user_id": user, "steps": [{"run": {"cmd": cmd}}]})
+}
+
+/// Tags and files of one in-memory sandbox.
+type MemSandbox = (BTreeMap<String, String>, BTreeMap<String, Vec<u8>>);
+
+/// An in-memory provider: instant, no processes, counts calls. `run` echoes the command.
+#[derive(Default)]
+pub struct MemProvider {
+    pub calls: AtomicU64,
+    pub creates: Mutex<Vec<String>>,
+    sandboxes: Mutex<BTreeMap<String, MemSandbox>>,
+    next: AtomicUsize,
+}
+
+impl MemProvider {
+    pub fn live(&self) -> usize {
+        self.sandboxes.lock().unwrap().len()
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for MemProvider {
+    fn name(&self) -> &'static str {
+        "mem"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let id = format!("mem-{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.creates
+            .lock()
+            .unwrap()
+            .push(spec.metadata["sandwarden_job"].clone());
+        self.sandboxes
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (spec.metadata.clone(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn write_file(
+        &self,
+        sandbox: &str,
+        path: &str,
+        content: &[u8],
+    ) -> Result<(), ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut s = self.sandboxes.lock().unwrap();
+        let sb = s
+            .get_mut(sandbox)
+            .ok_or_else(|| ProviderError::permanent("no sandbox"))?;
+        sb.1.insert(path.to_string(), content.to_vec());
+        Ok(())
+    }
+
+    async fn run(&self, sandbox: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.sandboxes.lock().unwrap().contains_key(sandbox) {
+            return Err(ProviderError::permanent("no sandbox"));
+        }
+        if spec.cmd == "panic" {
+            panic!("the provider panicked on purpose");
+        }
+        Ok(RunOutput {
+            stdout: spec.cmd.clone(),
+            ..Default::default()
+        })
+    }
+
+    async fn read_file(
+        &self,
+        sandbox: &str,
+        path: &str,
+        _max: usize,
+    ) -> Result<Vec<u8>, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let s = self.sandboxes.lock().unwrap();
+        let sb = s
+            .get(sandbox)
+            .ok_or_else(|| ProviderError::permanent("no sandbox"))?;
+        sb.1.get(path)
+            .cloned()
+            .ok_or_else(|| ProviderError::permanent("no such file"))
+    }
+
+    async fn kill(&self, sandbox: &str) -> Result<(), ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.sandboxes.lock().unwrap().remove(sandbox);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .sandboxes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, (m, _))| SandboxInfo {
+                id: id.clone(),
+                metadata: m.clone(),
+                started_at_ms: 0,
+            })
+            .collect())
+    }
+}
+
+/// Wraps a provider and holds every `create` until `open()` is called.
+pub struct GateProvider {
+    pub inner: Arc<MemProvider>,
+    gate: tokio::sync::Semaphore,
+    panics_left: AtomicUsize,
+}
+
+impl GateProvider {
+    pub fn new(inner: Arc<MemProvider>, closed: bool) -> Self {
+        let gate = tokio::sync::Semaphore::new(if closed {
+            0
+        } else {
+            tokio::sync::Semaphore::MAX_PERMITS
+        });
+        GateProvider {
+            inner,
+            gate,
+            panics_left: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn open(&self) {
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// The next `n` run calls panic.
+    pub fn panic_next(&self, n: usize) {
+        self.panics_left.store(n, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for GateProvider {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        let _p = self.gate.acquire().await.unwrap();
+        self.inner.create(spec).await
+    }
+    async fn write_file(&self, s: &str, p: &str, c: &[u8]) -> Result<(), ProviderError> {
+        self.inner.write_file(s, p, c).await
+    }
+    async fn run(&self, s: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
+        let left = self.panics_left.load(Ordering::SeqCst);
+        if left > 0
+            && self
+                .panics_left
+                .compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            panic!("worker panic injected by the test");
+        }
+        self.inner.run(s, spec).await
+    }
+    async fn read_file(&self, s: &str, p: &str, m: usize) -> Result<Vec<u8>, ProviderError> {
+        self.inner.read_file(s, p, m).await
+    }
+    async fn kill(&self, s: &str) -> Result<(), ProviderError> {
+        self.inner.kill(s).await
+    }
+    async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError> {
+        self.inner.list().await
+    }
+}
+
+/// Processes whose command line contains `marker`.
+pub fn processes_matching(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) && pid != std::process::id() {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
