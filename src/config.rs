@@ -5,7 +5,7 @@
 //! duration, out-of-range number, unknown provider) before reporting, so that an operator fixes
 //! a bad file in one pass. Nothing outside this module parses configuration text.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::job::spec::SpecDefaults;
 use crate::provider::local::LocalLimits;
+use crate::ratelimit::policy::Operation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -72,6 +73,21 @@ pub struct FaultSettings {
     pub outage: Option<Duration>,
 }
 
+/// Provider call quotas (see `ratelimit::policy`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub window: Duration,
+    pub limits: BTreeMap<Operation, u32>,
+    pub warn_ratio: f64,
+    pub alert_ratio: f64,
+    pub block_ratio: f64,
+    pub max_concurrent_sandboxes: Option<u32>,
+    pub min_create_interval: Option<Duration>,
+    pub default_cooldown: Duration,
+    pub per_user: Option<u32>,
+    pub cleanup_every: Duration,
+}
+
 /// Checked settings: everything the runtime needs, already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -94,6 +110,7 @@ pub struct Settings {
     pub local: LocalLimits,
     pub retry: RetrySettings,
     pub breaker: BreakerSettings,
+    pub ratelimit: RateLimitSettings,
     pub faults: FaultSettings,
 }
 
@@ -252,6 +269,41 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         );
     }
     let status = r.uint("faults.status", 503, 400, 599) as u16;
+    // Quotas default to the provider's plan: E2B's hobby plan for `e2b`, none for `local`.
+    let e2b = provider == ProviderKind::E2b;
+    let mut limits = BTreeMap::new();
+    for op in Operation::ALL {
+        let key = format!("ratelimit.limits.{}", op.as_str());
+        let default = (e2b && op == Operation::Create).then_some(100);
+        if let Some(n) = r.opt_uint(&key, 0, 1_000_000_000).or(default)
+            && n > 0
+        {
+            limits.insert(op, n as u32);
+        }
+    }
+    let max_live = r
+        .opt_uint("ratelimit.max_concurrent_sandboxes", 0, 1_000_000)
+        .or(e2b.then_some(20));
+    let min_interval = if r.get("ratelimit.min_create_interval").is_some() {
+        r.opt_duration("ratelimit.min_create_interval")
+    } else {
+        e2b.then_some(Duration::from_secs(1))
+    };
+    let ratelimit = RateLimitSettings {
+        window: r.duration("ratelimit.window", "1h"),
+        limits,
+        warn_ratio: r.float("ratelimit.warn_ratio", 0.8, 0.0, 1.0),
+        alert_ratio: r.float("ratelimit.alert_ratio", 0.9, 0.0, 1.0),
+        block_ratio: r.float("ratelimit.block_ratio", 1.0, 0.0, 1.0),
+        max_concurrent_sandboxes: max_live.filter(|n| *n > 0).map(|n| n as u32),
+        min_create_interval: min_interval,
+        default_cooldown: r.duration("ratelimit.default_cooldown", "30s"),
+        per_user: r
+            .opt_uint("ratelimit.per_user", 0, 1_000_000_000)
+            .filter(|n| *n > 0)
+            .map(|n| n as u32),
+        cleanup_every: r.duration("ratelimit.cleanup_every", "1h"),
+    };
     let settings = Settings {
         listen,
         data_dir: PathBuf::from(r.string("data_dir", "./data")),
@@ -294,6 +346,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             window_min_calls: r.uint("breaker.window_min_calls", 10, 1, 100_000) as usize,
             window_failure_rate: r.float("breaker.window_failure_rate", 0.5, 0.0, 1.0),
         },
+        ratelimit,
         faults: FaultSettings {
             enabled: r.boolean("faults.enabled", false),
             error_rate: r.float("faults.error_rate", 0.0, 0.0, 1.0),
@@ -390,6 +443,11 @@ impl Reader<'_> {
                 default
             }
         }
+    }
+
+    fn opt_uint(&mut self, key: &str, min: u64, max: u64) -> Option<u64> {
+        self.get(key)?;
+        Some(self.uint(key, min, min, max))
     }
 
     fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
@@ -559,6 +617,27 @@ pub fn render(s: &Settings) -> String {
         b.window_min_calls,
         b.window_failure_rate
     );
+    let l = &s.ratelimit;
+    out += &format!(
+        "\n[ratelimit]\nwindow = {}\nwarn_ratio = {}\nalert_ratio = {}\nblock_ratio = {}\nmax_concurrent_sandboxes = {}\nmin_create_interval = {}\ndefault_cooldown = {}\nper_user = {}\ncleanup_every = {}\n",
+        d(l.window),
+        l.warn_ratio,
+        l.alert_ratio,
+        l.block_ratio,
+        l.max_concurrent_sandboxes.unwrap_or(0),
+        l.min_create_interval.map(d).unwrap_or("\"\"".into()),
+        d(l.default_cooldown),
+        l.per_user.unwrap_or(0),
+        d(l.cleanup_every)
+    );
+    out += "\n[ratelimit.limits]\n";
+    for op in Operation::ALL {
+        out += &format!(
+            "{} = {}\n",
+            op.as_str(),
+            l.limits.get(&op).copied().unwrap_or(0)
+        );
+    }
     let f = &s.faults;
     out += &format!(
         "\n[faults]\nenabled = {}\nerror_rate = {}\nstatus = {}\nretry_after = {}\nlatency = {}\noutage = {}\n",

@@ -4,6 +4,7 @@
 //! ```text
 //! RootSupervisor (one-for-all, bounded restarts)
 //! ├── CircuitBreakerActor
+//! ├── RateLimiterActor
 //! ├── QueueActor
 //! └── SandboxPool ── SandboxWorker x N
 //! ```
@@ -29,6 +30,7 @@ use crate::provider::Provider;
 use crate::provider::faults::{FaultControl, Faults, FaultyProvider};
 use crate::provider::local::LocalProvider;
 use crate::queue::{JobEvent, QueueActor, QueueArgs, QueueError, QueueMsg, QueueStats};
+use crate::ratelimit::{LimiterArgs, LimiterLink, LimitsView, RateLimiterActor};
 use crate::retry::{Jitter, RetryPolicy};
 use crate::store::{Store, StoreError};
 
@@ -55,6 +57,7 @@ pub enum RuntimeError {
 struct Links {
     queue: ActorRef<QueueMsg>,
     breaker: BreakerLink,
+    limiter: LimiterLink,
     pool: ActorRef<PoolMsg>,
 }
 
@@ -110,6 +113,15 @@ impl RootSupervisor {
             myself.get_cell(),
         )
         .await?;
+        let (limiter, limiter_ref) = RateLimiterActor::start(
+            LimiterArgs {
+                settings: a.settings.ratelimit.clone(),
+                store: a.store.clone(),
+            },
+            myself.get_cell(),
+            a.settings.ratelimit.cleanup_every,
+        )
+        .await?;
         let (queue, _) = Actor::spawn_linked(
             None,
             QueueActor,
@@ -127,6 +139,7 @@ impl RootSupervisor {
             provider: a.provider.clone(),
             retry: retry_policy(&a.settings),
             breaker: breaker.clone(),
+            limiter: limiter.clone(),
             instance: a.instance.clone(),
             max_attempts: a.settings.max_attempts,
             max_output: a.settings.max_output_bytes,
@@ -147,10 +160,16 @@ impl RootSupervisor {
             myself.get_cell(),
         )
         .await?;
-        state.children = vec![breaker_ref.get_cell(), queue.get_cell(), pool.get_cell()];
+        state.children = vec![
+            breaker_ref.get_cell(),
+            limiter_ref.get_cell(),
+            queue.get_cell(),
+            pool.get_cell(),
+        ];
         let _ = a.links.send(Some(Links {
             queue,
             breaker,
+            limiter,
             pool,
         }));
         Ok(())
@@ -482,6 +501,15 @@ impl RuntimeHandle {
             Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
             _ => Err(RuntimeError::Stopped),
         }
+    }
+
+    pub async fn limits(&self) -> Result<LimitsView, RuntimeError> {
+        self.links()
+            .await?
+            .limiter
+            .view()
+            .await
+            .ok_or(RuntimeError::Stopped)
     }
 
     pub fn faults(&self) -> &Arc<FaultControl> {

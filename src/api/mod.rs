@@ -36,6 +36,7 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route("/breaker/open", post(breaker_open))
         .route("/faults", get(faults_get).put(faults_put))
         .route("/queue", get(queue_stats))
+        .route("/ratelimits", get(ratelimits))
         .route_layer(middleware::from_fn_with_state(rt.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
@@ -244,6 +245,12 @@ async fn breaker_open(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let v = rt.breaker_control(BreakerAction::Open).await?;
     Ok(Json(serde_json::to_value(v).expect("view serializes")))
+}
+
+async fn ratelimits(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::to_value(rt.limits().await?).expect("view serializes"),
+    ))
 }
 
 async fn queue_stats(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {

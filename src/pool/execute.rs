@@ -17,6 +17,7 @@ use crate::breaker::BreakerLink;
 use crate::clock::now_ms;
 use crate::job::{Job, JobError, JobResult, JobStatus, Step, StepResult};
 use crate::provider::{ErrorCategory, Provider, ProviderError, RunSpec, SandboxSpec};
+use crate::ratelimit::LimiterLink;
 use crate::ratelimit::policy::Operation;
 use crate::retry::{RetryDecision, RetryPolicy};
 
@@ -25,6 +26,7 @@ pub struct WorkerContext {
     pub provider: Arc<dyn Provider>,
     pub retry: RetryPolicy,
     pub breaker: BreakerLink,
+    pub limiter: LimiterLink,
     pub instance: String,
     pub max_attempts: u32,
     pub max_output: usize,
@@ -32,6 +34,9 @@ pub struct WorkerContext {
     pub create_timeout: Duration,
     pub write_timeout: Duration,
 }
+
+/// Limiter waits up to this long are slept in the worker instead of requeueing the job.
+const SHORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a protected call did not produce a value.
 #[derive(Debug)]
@@ -42,6 +47,11 @@ enum CallError {
     Unavailable {
         retry_at_ms: Option<u64>,
         last: Option<ProviderError>,
+    },
+    /// The rate limiter holds the call until `until_ms`.
+    Limited {
+        until_ms: u64,
+        reason: String,
     },
     Cancelled,
 }
@@ -62,8 +72,18 @@ pub async fn run_job(ctx: &WorkerContext, job: &mut Job, cancel: &CancellationTo
             "cancelled",
         ),
         Err(StepFailure::Failed(err)) => (JobStatus::Failed, Some(err), None, "failed"),
-        Err(StepFailure::Unavailable { retry_at_ms, err }) => {
-            if (attempt_no as u32) < ctx.max_attempts {
+        Err(StepFailure::Unavailable {
+            retry_at_ms,
+            err,
+            counted,
+        }) => {
+            let used = job
+                .attempts
+                .iter()
+                .filter(|a| a.outcome.as_deref() != Some("deferred"))
+                .count()
+                - usize::from(!counted);
+            if !counted || (used as u32) < ctx.max_attempts {
                 let delay_from_policy = ctx.retry.backoff(attempt_no as u32, rand::random());
                 job.run_at_ms = retry_at_ms
                     .unwrap_or(now + delay_from_policy.as_millis() as u64)
@@ -100,9 +120,12 @@ pub async fn run_job(ctx: &WorkerContext, job: &mut Job, cancel: &CancellationTo
 
 enum StepFailure {
     Failed(JobError),
+    /// Not the job's fault: run it again later. `counted` runs use up `max_attempts`;
+    /// deferrals by the breaker or the limiter do not, so an outage never fails a job.
     Unavailable {
         retry_at_ms: Option<u64>,
         err: JobError,
+        counted: bool,
     },
     Cancelled,
 }
@@ -122,9 +145,19 @@ fn classify(e: CallError, step: Option<usize>) -> StepFailure {
             StepFailure::Unavailable {
                 retry_at_ms: None,
                 err: job_error(&e, step),
+                counted: true,
             }
         }
         CallError::Failed(e) => StepFailure::Failed(job_error(&e, step)),
+        CallError::Limited { until_ms, reason } => StepFailure::Unavailable {
+            retry_at_ms: Some(until_ms),
+            err: JobError {
+                category: "rate_limited".into(),
+                message: format!("waiting for capacity: {reason}"),
+                step,
+            },
+            counted: false,
+        },
         CallError::Unavailable { retry_at_ms, last } => {
             let message = match last {
                 Some(e) => format!("circuit breaker is open; last error: {}", e.message()),
@@ -137,6 +170,7 @@ fn classify(e: CallError, step: Option<usize>) -> StepFailure {
                     message,
                     step,
                 },
+                counted: false,
             }
         }
     }
@@ -159,6 +193,7 @@ async fn run_steps(
         // to the provider's own timeout and the orphan reaper.
         let kill = call(
             ctx,
+            &job.spec.user_id,
             Operation::Kill,
             Duration::from_secs(30),
             &CancellationToken::new(),
@@ -189,22 +224,34 @@ async fn run_each(
         };
         match step {
             Step::WriteFile { path, content } => {
-                call(ctx, Operation::Write, ctx.write_timeout, cancel, |_| {
-                    ctx.provider.write_file(sandbox, path, content.as_bytes())
-                })
+                call(
+                    ctx,
+                    &job.spec.user_id,
+                    Operation::Write,
+                    ctx.write_timeout,
+                    cancel,
+                    |_| ctx.provider.write_file(sandbox, path, content.as_bytes()),
+                )
                 .await
                 .map_err(|e| classify(e, Some(index)))?;
             }
             Step::Run { cmd, timeout } => {
-                let output = call(ctx, Operation::Run, *timeout, cancel, |remaining| {
-                    let spec = RunSpec {
-                        cmd: cmd.clone(),
-                        timeout: remaining,
-                        env: job.spec.sandbox.env.clone(),
-                        max_output: ctx.max_output,
-                    };
-                    async move { ctx.provider.run(sandbox, &spec).await }
-                })
+                let output = call(
+                    ctx,
+                    &job.spec.user_id,
+                    Operation::Run,
+                    *timeout,
+                    cancel,
+                    |remaining| {
+                        let spec = RunSpec {
+                            cmd: cmd.clone(),
+                            timeout: remaining,
+                            env: job.spec.sandbox.env.clone(),
+                            max_output: ctx.max_output,
+                        };
+                        async move { ctx.provider.run(sandbox, &spec).await }
+                    },
+                )
                 .await
                 .map_err(|e| match e {
                     // The command outran its own timeout: the job's doing, not the provider's,
@@ -229,9 +276,14 @@ async fn run_each(
                 }
             }
             Step::ReadFile { path, timeout } => {
-                let bytes = call(ctx, Operation::Read, *timeout, cancel, |_| {
-                    ctx.provider.read_file(sandbox, path, ctx.max_read)
-                })
+                let bytes = call(
+                    ctx,
+                    &job.spec.user_id,
+                    Operation::Read,
+                    *timeout,
+                    cancel,
+                    |_| ctx.provider.read_file(sandbox, path, ctx.max_read),
+                )
                 .await
                 .map_err(|e| classify(e, Some(index)))?;
                 out.content = Some(String::from_utf8_lossy(&bytes).into_owned());
@@ -268,7 +320,7 @@ async fn create_sandbox(
         reap_earlier_attempts(ctx, job).await;
     }
     let mut uncertain = false;
-    call(ctx, Operation::Create, ctx.create_timeout, cancel, |_| {
+    call(ctx, &job.spec.user_id, Operation::Create, ctx.create_timeout, cancel, |_| {
         let check = uncertain;
         uncertain = true;
         let spec = &spec;
@@ -310,6 +362,7 @@ async fn reap_earlier_attempts(ctx: &WorkerContext, job: &Job) {
 /// One provider call under the step deadline, the breaker and the retry policy.
 async fn call<T, F, Fut>(
     ctx: &WorkerContext,
+    user: &str,
     op: Operation,
     deadline: Duration,
     cancel: &CancellationToken,
@@ -329,6 +382,17 @@ where
                 ProviderError::timeout(format!("{} ran out of time", op.as_str()))
             })));
         };
+        if let Err((until_ms, reason)) = ctx.limiter.acquire(op, user).await {
+            let wait = Duration::from_millis(until_ms.saturating_sub(crate::clock::now_ms()));
+            // A short wait (the creation pace) is cheaper here than a round trip through the queue.
+            if wait > SHORT_WAIT || started.elapsed() + wait >= deadline {
+                return Err(CallError::Limited { until_ms, reason });
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(CallError::Cancelled),
+                _ = tokio::time::sleep(wait) => continue,
+            }
+        }
         let permit = match ctx.breaker.acquire().await {
             Ok(p) => p,
             Err(retry_at_ms) => return Err(CallError::Unavailable { retry_at_ms, last }),
@@ -351,6 +415,14 @@ where
             permit,
             outcome.as_ref().map(|_| ()).map_err(|e| e.category()),
         );
+        match &outcome {
+            Err(e) if e.category() == ErrorCategory::RateLimited => {
+                ctx.limiter.rate_limited(op, e.retry_after())
+            }
+            Ok(_) if op == Operation::Create => ctx.limiter.sandbox_started(),
+            Ok(_) if op == Operation::Kill => ctx.limiter.sandbox_stopped(),
+            _ => {}
+        }
         let err = match outcome {
             Ok(v) => return Ok(v),
             Err(e) => e,

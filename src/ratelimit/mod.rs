@@ -1,4 +1,436 @@
-//! Provider call quotas. `policy` holds the decisions (sliding windows per operation,
-//! cool-downs after a 429, plan limits); it never reads a clock or does I/O.
+//! The `RateLimiterActor`: owns the `RateLimiter` (decisions in `policy`), persists its usage
+//! records, and reports threshold crossings.
+//!
+//! Workers ask before every provider call (`Acquire`, a call) and report 429s and sandbox
+//! starts/stops (casts). A refusal is not a failure: the worker waits a short while, or hands
+//! the job back to the queue with the time capacity frees. Usage is written to the store at
+//! most once a second while it changes (and at stop), so a restart does not hand out a fresh
+//! window; records older than their window are pruned on a schedule.
 
 pub mod policy;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::config::RateLimitSettings;
+use crate::store::Store;
+pub use policy::{
+    Decision, LimiterConfig, LimiterSnapshot, OpLimit, Operation, RateLimiter, Usage, UsageEvent,
+    UsageState,
+};
+
+const STORE_KEY: &str = "ratelimit";
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// A threshold crossing, kept for the health report and the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitEvent {
+    pub at_ms: u64,
+    pub kind: &'static str,
+    pub operation: &'static str,
+    pub used: u32,
+    pub limit: u32,
+}
+
+/// What the admin API shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitsView {
+    pub operations: Vec<OpView>,
+    pub live_sandboxes: u32,
+    pub max_concurrent_sandboxes: Option<u32>,
+    pub recent_events: Vec<LimitEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpView {
+    pub operation: &'static str,
+    pub count: u32,
+    pub limit: Option<u32>,
+    pub remaining: Option<u32>,
+    pub percent_used: Option<f64>,
+    pub state: &'static str,
+    pub resets_at_ms: Option<u64>,
+    pub cooldown_until_ms: Option<u64>,
+}
+
+pub enum LimiterMsg {
+    /// `Ok(())` to go ahead, `Err((until_ms, reason))` to wait.
+    Acquire(
+        Operation,
+        Option<String>,
+        RpcReplyPort<Result<(), (u64, String)>>,
+    ),
+    RateLimited(Operation, Option<Duration>),
+    SandboxStarted,
+    SandboxStopped,
+    View(RpcReplyPort<LimitsView>),
+    Persist,
+    Prune,
+}
+
+/// The worker's side of the limiter.
+#[derive(Clone)]
+pub struct LimiterLink {
+    actor: ActorRef<LimiterMsg>,
+}
+
+impl LimiterLink {
+    pub async fn acquire(&self, op: Operation, user: &str) -> Result<(), (u64, String)> {
+        match self
+            .actor
+            .call(
+                |r| LimiterMsg::Acquire(op, Some(user.to_string()), r),
+                Some(ACQUIRE_TIMEOUT),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(d)) => d,
+            // An unreachable limiter must not stop all work; its supervisor restarts it.
+            _ => Ok(()),
+        }
+    }
+
+    pub fn rate_limited(&self, op: Operation, retry_after: Option<Duration>) {
+        let _ = self.actor.cast(LimiterMsg::RateLimited(op, retry_after));
+    }
+
+    pub fn sandbox_started(&self) {
+        let _ = self.actor.cast(LimiterMsg::SandboxStarted);
+    }
+
+    pub fn sandbox_stopped(&self) {
+        let _ = self.actor.cast(LimiterMsg::SandboxStopped);
+    }
+
+    pub async fn view(&self) -> Option<LimitsView> {
+        match self
+            .actor
+            .call(LimiterMsg::View, Some(ACQUIRE_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(v)) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+pub struct LimiterArgs {
+    pub settings: RateLimitSettings,
+    pub store: Store,
+}
+
+pub struct LimiterState {
+    limiter: RateLimiter,
+    store: Store,
+    dirty: bool,
+    events: VecDeque<LimitEvent>,
+    stop: CancellationToken,
+}
+
+pub fn config_from(s: &RateLimitSettings) -> LimiterConfig {
+    let limits: BTreeMap<Operation, OpLimit> = s
+        .limits
+        .iter()
+        .map(|(op, max)| {
+            (
+                *op,
+                OpLimit {
+                    max: *max,
+                    window: s.window,
+                },
+            )
+        })
+        .collect();
+    LimiterConfig {
+        limits,
+        warn_ratio: s.warn_ratio,
+        alert_ratio: s.alert_ratio,
+        block_ratio: s.block_ratio,
+        max_concurrent_sandboxes: s.max_concurrent_sandboxes,
+        min_create_interval: s.min_create_interval,
+        default_cooldown: s.default_cooldown,
+        per_user: s.per_user.map(|max| OpLimit {
+            max,
+            window: s.window,
+        }),
+    }
+}
+
+/// The persisted form (store codec).
+#[derive(Serialize, Deserialize, Default)]
+struct StoredUsage {
+    calls: Vec<(String, Option<String>, u64)>,
+    cooldowns: Vec<(String, u64)>,
+    alarms: Vec<(String, String)>,
+    live_sandboxes: u32,
+}
+
+fn state_str(s: UsageState) -> &'static str {
+    match s {
+        UsageState::Ok => "ok",
+        UsageState::Warning => "warning",
+        UsageState::Alert => "alert",
+        UsageState::Blocked => "blocked",
+    }
+}
+
+fn state_parse(s: &str) -> UsageState {
+    match s {
+        "warning" => UsageState::Warning,
+        "alert" => UsageState::Alert,
+        "blocked" => UsageState::Blocked,
+        _ => UsageState::Ok,
+    }
+}
+
+fn encode(snap: LimiterSnapshot) -> StoredUsage {
+    StoredUsage {
+        calls: snap
+            .calls
+            .into_iter()
+            .map(|(op, u, at)| (op.as_str().into(), u, at))
+            .collect(),
+        cooldowns: snap
+            .cooldowns
+            .into_iter()
+            .map(|(op, t)| (op.as_str().into(), t))
+            .collect(),
+        alarms: snap
+            .alarms
+            .into_iter()
+            .map(|(op, s)| (op.as_str().into(), state_str(s).into()))
+            .collect(),
+        live_sandboxes: snap.live_sandboxes,
+    }
+}
+
+fn decode(s: StoredUsage) -> LimiterSnapshot {
+    LimiterSnapshot {
+        calls: s
+            .calls
+            .into_iter()
+            .filter_map(|(op, u, at)| Some((Operation::parse(&op)?, u, at)))
+            .collect(),
+        cooldowns: s
+            .cooldowns
+            .into_iter()
+            .filter_map(|(op, t)| Some((Operation::parse(&op)?, t)))
+            .collect(),
+        alarms: s
+            .alarms
+            .into_iter()
+            .filter_map(|(op, st)| Some((Operation::parse(&op)?, state_parse(&st))))
+            .collect(),
+        live_sandboxes: s.live_sandboxes,
+    }
+}
+
+impl LimiterState {
+    fn note(&mut self, events: Vec<UsageEvent>) {
+        for e in events {
+            let (kind, op, used, limit) = match e {
+                UsageEvent::Warning { op, used, limit } => ("warning", op, used, limit),
+                UsageEvent::Alert { op, used, limit } => ("alert", op, used, limit),
+                UsageEvent::Blocked { op, used, limit } => ("blocked", op, used, limit),
+                UsageEvent::Recovered { op } => ("recovered", op, 0, 0),
+            };
+            match kind {
+                "recovered" => tracing::info!(
+                    operation = op.as_str(),
+                    "rate usage back under the warning mark"
+                ),
+                "warning" => tracing::warn!(
+                    operation = op.as_str(),
+                    used,
+                    limit,
+                    "rate usage passed the warning mark"
+                ),
+                _ => tracing::error!(
+                    operation = op.as_str(),
+                    used,
+                    limit,
+                    kind,
+                    "rate usage passed the {kind} mark"
+                ),
+            }
+            self.events.push_back(LimitEvent {
+                at_ms: now_ms(),
+                kind,
+                operation: op.as_str(),
+                used,
+                limit,
+            });
+            if self.events.len() > 50 {
+                self.events.pop_front();
+            }
+        }
+    }
+
+    fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .put_record(STORE_KEY, &encode(self.limiter.export()))
+        {
+            tracing::error!(error = %e, "could not persist rate usage");
+            return;
+        }
+        self.dirty = false;
+    }
+
+    fn view(&self) -> LimitsView {
+        let now = now_ms();
+        LimitsView {
+            operations: self
+                .limiter
+                .usages(now)
+                .into_iter()
+                .map(|u| OpView {
+                    operation: u.op.as_str(),
+                    count: u.count,
+                    limit: u.limit,
+                    remaining: u.remaining,
+                    percent_used: u.ratio.map(|r| (r * 1000.0).round() / 10.0),
+                    state: state_str(u.state),
+                    resets_at_ms: u.resets_at_ms,
+                    cooldown_until_ms: u.cooldown_until_ms,
+                })
+                .collect(),
+            live_sandboxes: self.limiter.live_sandboxes(),
+            max_concurrent_sandboxes: self.limiter.config().max_concurrent_sandboxes,
+            recent_events: self.events.iter().rev().cloned().collect(),
+        }
+    }
+}
+
+pub struct RateLimiterActor;
+
+impl RateLimiterActor {
+    pub async fn start(
+        args: LimiterArgs,
+        supervisor: ractor::ActorCell,
+        prune_every: Duration,
+    ) -> Result<(LimiterLink, ActorRef<LimiterMsg>), ractor::SpawnErr> {
+        let (actor, _) =
+            Actor::spawn_linked(None, RateLimiterActor, (args, prune_every), supervisor).await?;
+        Ok((
+            LimiterLink {
+                actor: actor.clone(),
+            },
+            actor,
+        ))
+    }
+}
+
+impl Actor for RateLimiterActor {
+    type Msg = LimiterMsg;
+    type State = LimiterState;
+    type Arguments = (LimiterArgs, Duration);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LimiterMsg>,
+        (args, prune_every): Self::Arguments,
+    ) -> Result<LimiterState, ActorProcessingErr> {
+        let cfg = config_from(&args.settings);
+        let limiter = match args.store.get_record::<StoredUsage>(STORE_KEY)? {
+            Some(stored) => RateLimiter::restore(cfg, decode(stored), now_ms()),
+            None => RateLimiter::new(cfg),
+        };
+        let stop = CancellationToken::new();
+        let me = myself.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut persist = tokio::time::interval(PERSIST_EVERY);
+            let mut prune = tokio::time::interval(prune_every);
+            loop {
+                let msg = tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = persist.tick() => LimiterMsg::Persist,
+                    _ = prune.tick() => LimiterMsg::Prune,
+                };
+                if me.cast(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(LimiterState {
+            limiter,
+            store: args.store,
+            dirty: false,
+            events: VecDeque::new(),
+            stop,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<LimiterMsg>,
+        state: &mut LimiterState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stop.cancel();
+        state.persist();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<LimiterMsg>,
+        msg: LimiterMsg,
+        state: &mut LimiterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        match msg {
+            LimiterMsg::Acquire(op, user, reply) => {
+                let decision = state.limiter.acquire(op, user.as_deref(), now);
+                let answer = match &decision {
+                    Decision::Granted(_) => Ok(()),
+                    Decision::Wait { until_ms, reason } => Err((*until_ms, reason.describe())),
+                };
+                let _ = reply.send(answer);
+                if let Decision::Granted(g) = decision {
+                    state.dirty = true;
+                    state.note(g.events);
+                }
+                let pending = state.limiter.take_events();
+                state.note(pending);
+            }
+            LimiterMsg::RateLimited(op, retry_after) => {
+                tracing::warn!(operation = op.as_str(), retry_after = ?retry_after, "provider answered 429; cooling the operation down");
+                state.limiter.on_rate_limited(op, retry_after, now);
+                state.dirty = true;
+                state.persist();
+            }
+            LimiterMsg::SandboxStarted => {
+                state.limiter.sandbox_started();
+                state.dirty = true;
+            }
+            LimiterMsg::SandboxStopped => {
+                state.limiter.sandbox_stopped();
+                state.dirty = true;
+            }
+            LimiterMsg::View(reply) => {
+                let _ = reply.send(state.view());
+            }
+            LimiterMsg::Persist => state.persist(),
+            LimiterMsg::Prune => {
+                let removed = state.limiter.prune(now);
+                let pending = state.limiter.take_events();
+                state.note(pending);
+                if removed > 0 {
+                    tracing::debug!(removed, "pruned old rate records");
+                    state.dirty = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}

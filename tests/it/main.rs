@@ -5,4 +5,5 @@ mod breaker;
 mod crash;
 mod local;
 mod queue;
+mod ratelimit;
 mod support;

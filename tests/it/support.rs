@@ -116,6 +116,8 @@ type MemSandbox = (BTreeMap<String, String>, BTreeMap<String, Vec<u8>>);
 pub struct MemProvider {
     pub calls: AtomicU64,
     pub creates: Mutex<Vec<String>>,
+    /// When each create reached the provider (runtime clock, unix ms).
+    pub create_times: Mutex<Vec<u64>>,
     sandboxes: Mutex<BTreeMap<String, MemSandbox>>,
     next: AtomicUsize,
 }
@@ -139,6 +141,10 @@ impl Provider for MemProvider {
             .lock()
             .unwrap()
             .push(spec.metadata["sandwarden_job"].clone());
+        self.create_times
+            .lock()
+            .unwrap()
+            .push(sandwarden::clock::now_ms());
         self.sandboxes
             .lock()
             .unwrap()
