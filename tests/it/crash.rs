@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-struct Proc {
-    child: Child,
-    url: String,
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
 }
 
 impl Drop for Proc {
@@ -19,17 +19,26 @@ impl Drop for Proc {
 }
 
 fn start(data_dir: &std::path::Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandwarden"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "4",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
+    start_with(data_dir, &[])
+}
+
+/// Start the real binary on 127.0.0.1:0 with extra `SANDWARDEN_*` settings.
+pub fn start_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandwarden"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, small helpers in `support`.
 
 mod api;
+mod binary;
 mod breaker;
 mod crash;
 mod local;
