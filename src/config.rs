@@ -88,6 +88,16 @@ pub struct RateLimitSettings {
     pub cleanup_every: Duration,
 }
 
+/// How to reach E2B (or a compatible emulator / self-hosted deployment).
+#[derive(Debug, Clone, PartialEq)]
+pub struct E2bSettings {
+    pub api_url: String,
+    pub sandbox_url: Option<String>,
+    pub api_key: Option<String>,
+    pub domain: String,
+    pub request_timeout: Duration,
+}
+
 /// Checked settings: everything the runtime needs, already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -111,6 +121,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub breaker: BreakerSettings,
     pub ratelimit: RateLimitSettings,
+    pub e2b: E2bSettings,
     pub faults: FaultSettings,
 }
 
@@ -304,7 +315,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             .map(|n| n as u32),
         cleanup_every: r.duration("ratelimit.cleanup_every", "1h"),
     };
-    let settings = Settings {
+    let mut settings = Settings {
         listen,
         data_dir: PathBuf::from(r.string("data_dir", "./data")),
         provider,
@@ -347,6 +358,13 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             window_failure_rate: r.float("breaker.window_failure_rate", 0.5, 0.0, 1.0),
         },
         ratelimit,
+        e2b: E2bSettings {
+            api_url: r.string("e2b.api_url", "https://api.e2b.app"),
+            sandbox_url: r.opt_string("e2b.sandbox_url"),
+            api_key: r.opt_string("e2b.api_key"),
+            domain: r.string("e2b.domain", "e2b.app"),
+            request_timeout: r.duration("e2b.request_timeout", "60s"),
+        },
         faults: FaultSettings {
             enabled: r.boolean("faults.enabled", false),
             error_rate: r.float("faults.error_rate", 0.0, 0.0, 1.0),
@@ -357,6 +375,15 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         },
     };
     r.unknown_keys();
+    if settings.provider == ProviderKind::E2b && settings.e2b.api_key.is_none() {
+        match std::env::var("E2B_API_KEY") {
+            Ok(k) if !k.is_empty() => settings.e2b.api_key = Some(k),
+            _ => r.problem(
+                "e2b.api_key",
+                "provider \"e2b\" needs an API key (e2b.api_key or E2B_API_KEY)",
+            ),
+        }
+    }
     if r.problems.is_empty() {
         Ok(settings)
     } else {
@@ -638,6 +665,15 @@ pub fn render(s: &Settings) -> String {
             l.limits.get(&op).copied().unwrap_or(0)
         );
     }
+    let e = &s.e2b;
+    out += &format!(
+        "\n[e2b]\napi_url = {:?}\nsandbox_url = {:?}\napi_key = {}\ndomain = {:?}\nrequest_timeout = {}\n",
+        e.api_url,
+        e.sandbox_url.clone().unwrap_or_default(),
+        mask(&e.api_key),
+        e.domain,
+        d(e.request_timeout)
+    );
     let f = &s.faults;
     out += &format!(
         "\n[faults]\nenabled = {}\nerror_rate = {}\nstatus = {}\nretry_after = {}\nlatency = {}\noutage = {}\n",

@@ -12,6 +12,7 @@ pub mod api;
 pub mod breaker;
 pub mod clock;
 pub mod config;
+pub mod emulator;
 pub mod job;
 pub mod pool;
 pub mod provider;

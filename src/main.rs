@@ -39,6 +39,16 @@ struct Cli {
 enum Command {
     /// Run the service.
     Serve,
+    /// Run the E2B-compatible emulator (control plane and envd on one port, backed by local
+    /// sandboxes), with fault injection at /_emulator/faults.
+    Emulate {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: std::net::SocketAddr,
+        /// API key clients must send (X-API-Key); none when absent.
+        #[arg(long, env = "E2B_EMULATOR_API_KEY")]
+        api_key: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -74,6 +84,27 @@ fn main() -> ExitCode {
         } => {
             print!("{}", config::render(&settings));
             ExitCode::SUCCESS
+        }
+        Command::Emulate { addr, api_key } => {
+            telemetry::init_logging(settings.log_format);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("could not start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let data_dir = settings.data_dir.join("emulator");
+            match rt.block_on(emulate(addr, data_dir, api_key)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sandwarden: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve => {
             telemetry::init_logging(settings.log_format);
@@ -133,6 +164,25 @@ async fn serve(settings: sandwarden::Settings) -> anyhow::Result<()> {
     let _ = server.await;
     handle.shutdown().await.context("shutdown")?;
     outcome
+}
+
+async fn emulate(
+    addr: std::net::SocketAddr,
+    data_dir: PathBuf,
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
+    use sandwarden::emulator::{Emulator, EmulatorConfig};
+    let handle = Emulator::start(EmulatorConfig {
+        listen: addr,
+        data_dir,
+        api_key,
+    })
+    .await
+    .context("could not start the emulator")?;
+    println!("listening on {}", handle.base_url());
+    shutdown_signal().await;
+    handle.shutdown().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

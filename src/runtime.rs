@@ -27,6 +27,7 @@ use crate::config::{ProviderKind, Settings};
 use crate::job::{Job, JobSpec, JobStatus};
 use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
 use crate::provider::Provider;
+use crate::provider::e2b::{E2bConfig, E2bProvider};
 use crate::provider::faults::{FaultControl, Faults, FaultyProvider};
 use crate::provider::local::LocalProvider;
 use crate::queue::{JobEvent, QueueActor, QueueArgs, QueueError, QueueMsg, QueueStats};
@@ -273,13 +274,34 @@ impl Runtime {
                     })?,
             ),
             ProviderKind::E2b => {
-                return Err(RuntimeError::Provider {
-                    provider: "e2b",
-                    why: "the e2b provider is not available in this build".into(),
-                });
+                let e = &settings.e2b;
+                let cfg = E2bConfig {
+                    api_url: e.api_url.clone(),
+                    sandbox_url: e.sandbox_url.clone(),
+                    api_key: e.api_key.clone().unwrap_or_default(),
+                    domain: e.domain.clone(),
+                    request_timeout: e.request_timeout,
+                    // Filled in below once the store has told us who we are.
+                    instance: String::new(),
+                };
+                return Self::start_e2b(settings, cfg).await;
             }
         };
         Self::start_with_provider(settings, provider).await
+    }
+
+    async fn start_e2b(
+        settings: Settings,
+        mut cfg: E2bConfig,
+    ) -> Result<RuntimeHandle, RuntimeError> {
+        let store = Store::open(&settings.data_dir)?;
+        cfg.instance = instance_id(&store)?;
+        drop(store);
+        let provider = E2bProvider::new(cfg).map_err(|e| RuntimeError::Provider {
+            provider: "e2b",
+            why: e.to_string(),
+        })?;
+        Self::start_with_provider(settings, Arc::new(provider)).await
     }
 
     /// Start with a given provider (tests, embedding with a custom backend).
@@ -288,14 +310,7 @@ impl Runtime {
         provider: Arc<dyn Provider>,
     ) -> Result<RuntimeHandle, RuntimeError> {
         let store = Store::open(&settings.data_dir)?;
-        let instance = match store.get_record::<String>("instance")? {
-            Some(id) => id,
-            None => {
-                let id = format!("sw-{}", hex::encode(rand::random::<[u8; 6]>()));
-                store.put_record("instance", &id)?;
-                id
-            }
-        };
+        let instance = instance_id(&store)?;
         let f = &settings.faults;
         let faults = FaultControl::new(Faults {
             enabled: f.enabled,
@@ -342,6 +357,16 @@ impl Runtime {
             }),
         })
     }
+}
+
+/// This installation's id, made once and kept in the store; sandboxes are tagged with it.
+fn instance_id(store: &Store) -> Result<String, StoreError> {
+    if let Some(id) = store.get_record::<String>("instance")? {
+        return Ok(id);
+    }
+    let id = format!("sw-{}", hex::encode(rand::random::<[u8; 6]>()));
+    store.put_record("instance", &id)?;
+    Ok(id)
 }
 
 /// A cheap, cloneable handle to a running runtime.

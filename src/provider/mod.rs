@@ -5,6 +5,7 @@
 //! to the worker that calls it (see `pool::worker`). Every failure is a classified
 //! `ProviderError`.
 
+pub mod e2b;
 pub mod error;
 pub mod faults;
 pub mod local;

@@ -4,6 +4,7 @@ mod api;
 mod binary;
 mod breaker;
 mod crash;
+mod e2b;
 mod local;
 mod queue;
 mod ratelimit;
