@@ -34,6 +34,15 @@ impl ProviderKind {
     }
 }
 
+/// How local sandboxes are isolated from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationKind {
+    /// User, mount, PID, IPC, UTS and network namespaces (the default).
+    Namespaces,
+    /// Plain processes: only for platforms that cannot isolate, and said loudly.
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -118,6 +127,11 @@ pub struct Settings {
     pub write_timeout: Duration,
     pub job_defaults: SpecDefaults,
     pub local: LocalLimits,
+    pub isolation: IsolationKind,
+    /// Network access of isolated sandboxes: false = none (the default), true = the host's.
+    pub sandbox_network: bool,
+    /// fsync on the calling thread (tests on tokio's paused clock); not a configuration key.
+    pub inline_flush: bool,
     pub retry: RetrySettings,
     pub breaker: BreakerSettings,
     pub ratelimit: RateLimitSettings,
@@ -339,6 +353,29 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             processes: r.uint("local.processes", 512, 1, 1 << 22),
             file_size_bytes: r.uint("local.file_size_bytes", 1 << 30, 1, u64::MAX),
         },
+        isolation: match r.string("local.isolation", "namespaces").as_str() {
+            "namespaces" => IsolationKind::Namespaces,
+            "none" => IsolationKind::None,
+            other => {
+                r.problem(
+                    "local.isolation",
+                    format!("unknown isolation {other:?}; expected \"namespaces\" or \"none\""),
+                );
+                IsolationKind::Namespaces
+            }
+        },
+        sandbox_network: match r.string("local.network", "none").as_str() {
+            "none" => false,
+            "host" => true,
+            other => {
+                r.problem(
+                    "local.network",
+                    format!("unknown network {other:?}; expected \"none\" or \"host\""),
+                );
+                false
+            }
+        },
+        inline_flush: false,
         retry: RetrySettings {
             max_retries: r.uint("retry.max_retries", 3, 0, 100) as u32,
             base: r.duration("retry.base", "1s"),

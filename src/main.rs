@@ -83,6 +83,27 @@ fn main() -> ExitCode {
             action: ConfigAction::Check,
         } => {
             print!("{}", config::render(&settings));
+            if settings.provider == config::ProviderKind::Local {
+                let probe = sandwarden::provider::isolation::probe();
+                match settings.isolation {
+                    config::IsolationKind::None => {
+                        println!("\n# isolation in effect: none (local.isolation = \"none\")")
+                    }
+                    config::IsolationKind::Namespaces if probe.ok() => {
+                        println!(
+                            "\n# isolation in effect: {} (user, mount, pid, ipc, uts, net namespaces; rlimits)",
+                            probe.mechanism
+                        )
+                    }
+                    config::IsolationKind::Namespaces => {
+                        eprintln!(
+                            "local.isolation: this platform cannot isolate sandboxes: {}",
+                            probe.problems.join("; ")
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Emulate { addr, api_key } => {

@@ -23,12 +23,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, watch};
 
 use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitBreakerActor};
-use crate::config::{ProviderKind, Settings};
+use crate::config::{IsolationKind, ProviderKind, Settings};
 use crate::job::{Job, JobSpec, JobStatus};
 use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
 use crate::provider::Provider;
 use crate::provider::e2b::{E2bConfig, E2bProvider};
 use crate::provider::faults::{FaultControl, Faults, FaultyProvider};
+use crate::provider::isolation::{Isolation, Network};
 use crate::provider::local::LocalProvider;
 use crate::queue::{JobEvent, QueueActor, QueueArgs, QueueError, QueueMsg, QueueStats};
 use crate::ratelimit::{LimiterArgs, LimiterLink, LimitsView, RateLimiterActor};
@@ -309,7 +310,11 @@ impl Runtime {
         settings: Settings,
         provider: Arc<dyn Provider>,
     ) -> Result<RuntimeHandle, RuntimeError> {
-        let store = Store::open(&settings.data_dir)?;
+        let store = if settings.inline_flush {
+            Store::open_with_inline_flush(&settings.data_dir)?
+        } else {
+            Store::open(&settings.data_dir)?
+        };
         let instance = instance_id(&store)?;
         let f = &settings.faults;
         let faults = FaultControl::new(Faults {
@@ -356,6 +361,38 @@ impl Runtime {
                 faults,
             }),
         })
+    }
+}
+
+/// The isolation the settings ask for, after proving the platform can give it.
+pub fn local_isolation(settings: &Settings) -> Result<Isolation, RuntimeError> {
+    match settings.isolation {
+        IsolationKind::None => {
+            tracing::warn!(
+                "local sandboxes are NOT isolated (local.isolation = \"none\"): jobs can touch this host"
+            );
+            Ok(Isolation::none())
+        }
+        IsolationKind::Namespaces => {
+            let network = if settings.sandbox_network {
+                Network::Host
+            } else {
+                Network::None
+            };
+            match Isolation::namespaces(network) {
+                Ok(iso) => {
+                    tracing::info!(network = ?network, "local sandboxes isolated with namespaces");
+                    Ok(iso)
+                }
+                Err(probe) => Err(RuntimeError::Provider {
+                    provider: "local",
+                    why: format!(
+                        "this platform cannot isolate sandboxes ({}); set local.isolation = \"none\" to run them unisolated",
+                        probe.problems.join("; ")
+                    ),
+                }),
+            }
+        }
     }
 }
 

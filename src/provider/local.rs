@@ -8,6 +8,7 @@
 //! retries and never decides whether a failure is worth retrying beyond classifying it.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use super::isolation::{Isolation, SETUP_FAILED, SETUP_FAILED_CODE};
 use super::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec, paths};
 
 /// Resource bounds for every process of a local sandbox.
@@ -46,6 +48,7 @@ const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct LocalProvider {
     root: PathBuf,
     limits: LocalLimits,
+    isolation: Isolation,
 }
 
 impl LocalProvider {
@@ -53,7 +56,17 @@ impl LocalProvider {
     pub fn new(root: impl Into<PathBuf>, limits: LocalLimits) -> std::io::Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(LocalProvider { root, limits })
+        Ok(LocalProvider {
+            root,
+            limits,
+            isolation: Isolation::none(),
+        })
+    }
+
+    /// Run every command under `isolation` (see `isolation::Isolation::namespaces`).
+    pub fn with_isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     fn dir(&self, sandbox: &str) -> Result<PathBuf, ProviderError> {
@@ -98,6 +111,11 @@ impl Provider for LocalProvider {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<String, ProviderError> {
+        if !self.isolation.is_isolated() {
+            tracing::warn!(
+                "creating an unisolated local sandbox: its commands can touch this host"
+            );
+        }
         let id = new_sandbox_id();
         let dir = self.root.join(&id);
         let meta = encode_meta(&spec.metadata, crate::clock::now_ms());
@@ -121,6 +139,7 @@ impl Provider for LocalProvider {
         let root = self.dir(sandbox)?;
         let path = path.to_string();
         let content = content.to_vec();
+        let isolation = self.isolation.clone();
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
@@ -133,7 +152,12 @@ impl Provider for LocalProvider {
                 .open(&full)
                 .map_err(|e| ProviderError::permanent(format!("write {path:?}: {e}")))?;
             f.write_all(&content)
-                .map_err(|e| ProviderError::permanent(format!("write {path:?}: {e}")))
+                .map_err(|e| ProviderError::permanent(format!("write {path:?}: {e}")))?;
+            // Isolated commands run as an unprivileged uid: give it the file and new directories.
+            let root = root.canonicalize().map_err(|e| internal("write file", e))?;
+            isolation
+                .adopt(&root, &full)
+                .map_err(|e| internal("write file", e))
         })
         .await
         .map_err(|e| internal("write file", e))?
@@ -141,7 +165,7 @@ impl Provider for LocalProvider {
 
     async fn run(&self, sandbox: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
         let dir = self.dir(sandbox)?;
-        run_in(&dir, &self.limits, spec).await
+        run_in(&dir, &self.limits, &self.isolation, spec).await
     }
 
     async fn read_file(
@@ -237,28 +261,28 @@ fn decode_meta(text: &str) -> (BTreeMap<String, String>, u64) {
 }
 
 /// Run one command in `dir` and kill its whole process group when it ends or times out.
-pub(crate) async fn run_in(
+pub async fn run_in(
     dir: &Path,
     limits: &LocalLimits,
+    isolation: &Isolation,
     spec: &RunSpec,
 ) -> Result<RunOutput, ProviderError> {
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--cpu={}", limits.cpu_time.as_secs().max(1)))
-        .arg(format!("--as={}", limits.memory_bytes))
-        .arg(format!("--nofile={}", limits.open_files))
-        .arg(format!("--nproc={}", limits.processes))
-        .arg(format!("--fsize={}", limits.file_size_bytes))
-        .arg("--")
-        .arg("/bin/sh")
-        .arg("-c")
-        .arg(&spec.cmd)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", SAFE_PATH)
-        .env("HOME", dir)
-        .env("LANG", "C.UTF-8")
-        .envs(&spec.env)
-        .stdin(Stdio::null())
+    let home = if isolation.is_isolated() {
+        isolation
+            .adopt(dir, dir)
+            .map_err(|e| internal("prepare sandbox directory", e))?;
+        PathBuf::from(paths::HOME)
+    } else {
+        dir.to_path_buf()
+    };
+    let mut env = BTreeMap::from([
+        ("PATH".to_string(), SAFE_PATH.to_string()),
+        ("HOME".to_string(), home.to_string_lossy().into_owned()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ]);
+    env.extend(spec.env.clone());
+    let mut cmd: Command = isolation.command(dir, &spec.cmd, &env, limits);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -269,6 +293,11 @@ pub(crate) async fn run_in(
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
+    for fd in [stdout.as_fd(), stderr.as_fd()] {
+        if let Err(e) = isolation.adopt_fd(fd) {
+            tracing::debug!("cannot hand the output pipe to the sandbox: {e}");
+        }
+    }
     let out_task = tokio::spawn(read_capped(stdout, spec.max_output));
     let err_task = tokio::spawn(read_capped(stderr, spec.max_output));
 
@@ -305,6 +334,28 @@ pub(crate) async fn run_in(
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if isolation.is_isolated() {
+        // The command is a child of the sandbox's pid 1, which exits with 128+N when the
+        // command is killed by signal N: a command killed by SIGXCPU/SIGXFSZ and one that
+        // exits with 152/153 look the same from here; both are taken as a limit exceeded.
+        let what = match exit_code {
+            c if c == 128 + Signal::SIGXCPU as i32 => Some("cpu time"),
+            c if c == 128 + Signal::SIGXFSZ as i32 => Some("file size"),
+            _ => None,
+        };
+        if let Some(what) = what {
+            return Err(ProviderError::resource_limit(format!(
+                "command exceeded its {what} limit"
+            )));
+        }
+        if exit_code == SETUP_FAILED_CODE && String::from_utf8_lossy(&stderr).contains(SETUP_FAILED)
+        {
+            return Err(ProviderError::transient(format!(
+                "isolation: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            )));
+        }
+    }
     Ok(RunOutput {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),

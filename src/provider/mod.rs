@@ -8,6 +8,7 @@
 pub mod e2b;
 pub mod error;
 pub mod faults;
+pub mod isolation;
 pub mod local;
 mod paths;
 

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use sandwarden::Runtime;
 use sandwarden::job::JobStatus;
 use sandwarden::provider::faults::Faults;
-use sandwarden::{Runtime, Settings};
 
-use crate::support::MemProvider;
+use crate::support::{MemProvider, paused_settings};
 
 fn spec(cmd: &str) -> sandwarden::job::JobSpec {
     let body = format!(r#"{{"user_id":"u","steps":[{{"run":{{"cmd":"{cmd}"}}}}]}}"#);
@@ -19,7 +19,7 @@ fn spec(cmd: &str) -> sandwarden::job::JobSpec {
 async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
     let dir = tempfile::tempdir().unwrap();
     let mem = Arc::new(MemProvider::default());
-    let mut settings = Settings::with_data_dir(dir.path());
+    let mut settings = paused_settings(dir.path());
     settings.workers = 4;
     let rt = Runtime::start_with_provider(settings, mem.clone())
         .await
@@ -88,7 +88,7 @@ async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
 async fn permanent_errors_fail_at_once_and_never_trip_the_breaker() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::start_with_provider(
-        Settings::with_data_dir(dir.path()),
+        paused_settings(dir.path()),
         Arc::new(MemProvider::default()),
     )
     .await
@@ -124,7 +124,7 @@ async fn an_open_breaker_stays_open_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let rt = Runtime::start_with_provider(
-            Settings::with_data_dir(dir.path()),
+            paused_settings(dir.path()),
             Arc::new(MemProvider::default()),
         )
         .await
@@ -138,11 +138,12 @@ async fn an_open_breaker_stays_open_across_a_restart() {
         rt.submit(spec("x")).await.unwrap();
         rt.submit(spec("y")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(rt.breaker().await.unwrap().state, "open");
+        let view = rt.breaker().await.unwrap();
+        assert_eq!(view.state, "open", "{view:?}");
         rt.shutdown().await.unwrap();
     }
     let rt = Runtime::start_with_provider(
-        Settings::with_data_dir(dir.path()),
+        paused_settings(dir.path()),
         Arc::new(MemProvider::default()),
     )
     .await

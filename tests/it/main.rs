@@ -5,6 +5,7 @@ mod binary;
 mod breaker;
 mod crash;
 mod e2b;
+mod isolation;
 mod local;
 mod queue;
 mod ratelimit;

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sandwarden::Runtime;
 use sandwarden::job::JobStatus;
 use sandwarden::provider::faults::Faults;
 use sandwarden::ratelimit::policy::Operation;
-use sandwarden::{Runtime, Settings};
 
-use crate::support::MemProvider;
+use crate::support::{MemProvider, paused_settings};
 
 fn spec(cmd: &str) -> sandwarden::job::JobSpec {
     let body = format!(r#"{{"user_id":"u","steps":[{{"run":{{"cmd":"{cmd}"}}}}]}}"#);
@@ -18,7 +18,7 @@ fn spec(cmd: &str) -> sandwarden::job::JobSpec {
 #[tokio::test(start_paused = true)]
 async fn a_spent_create_quota_leaves_jobs_pending_not_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::with_data_dir(dir.path());
+    let mut settings = paused_settings(dir.path());
     settings.ratelimit.limits.insert(Operation::Create, 5);
     let mem = Arc::new(MemProvider::default());
     let rt = Runtime::start_with_provider(settings, mem.clone())
@@ -89,7 +89,7 @@ async fn a_spent_create_quota_leaves_jobs_pending_not_failed() {
 async fn a_429_with_retry_after_holds_the_operation_for_everyone() {
     let dir = tempfile::tempdir().unwrap();
     let mem = Arc::new(MemProvider::default());
-    let rt = Runtime::start_with_provider(Settings::with_data_dir(dir.path()), mem.clone())
+    let rt = Runtime::start_with_provider(paused_settings(dir.path()), mem.clone())
         .await
         .unwrap();
     rt.faults().set(Faults {
@@ -139,7 +139,7 @@ async fn a_429_with_retry_after_holds_the_operation_for_everyone() {
 async fn usage_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let settings = || {
-        let mut s = Settings::with_data_dir(dir.path());
+        let mut s = paused_settings(dir.path());
         s.ratelimit.limits.insert(Operation::Create, 3);
         s
     };

@@ -302,3 +302,11 @@ pub fn processes_matching(marker: &str) -> Vec<u32> {
     }
     found
 }
+
+/// Settings for tests on tokio's paused clock: fsync inline, so that waiting for the disk
+/// cannot let the paused clock jump ahead.
+pub fn paused_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::with_data_dir(dir);
+    s.inline_flush = true;
+    s
+}
