@@ -267,13 +267,17 @@ impl Runtime {
     /// Start with the provider the settings name.
     pub async fn start(settings: Settings) -> Result<RuntimeHandle, RuntimeError> {
         let provider: Arc<dyn Provider> = match settings.provider {
-            ProviderKind::Local => Arc::new(
-                LocalProvider::new(settings.data_dir.join("sandboxes"), settings.local.clone())
-                    .map_err(|e| RuntimeError::Provider {
-                        provider: "local",
-                        why: e.to_string(),
-                    })?,
-            ),
+            ProviderKind::Local => {
+                let isolation = local_isolation(&settings)?;
+                Arc::new(
+                    LocalProvider::new(settings.data_dir.join("sandboxes"), settings.local.clone())
+                        .map_err(|e| RuntimeError::Provider {
+                            provider: "local",
+                            why: e.to_string(),
+                        })?
+                        .with_isolation(isolation),
+                )
+            }
             ProviderKind::E2b => {
                 let e = &settings.e2b;
                 let cfg = E2bConfig {

@@ -108,3 +108,76 @@ async fn environment_is_scrubbed_and_job_env_passed() {
         "the service's environment leaked: {out}"
     );
 }
+
+#[tokio::test]
+async fn a_hostile_job_cannot_read_host_files_or_reach_the_network() {
+    let svc = Service::start(|_| {}).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let data_dir = svc.rt.data_dir().canonicalize().unwrap();
+    let cmd = format!(
+        "cat /etc/passwd; echo ---; ls {data} 2>&1; echo ---; \
+         python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)' 2>&1 | tail -1; \
+         echo ---; touch /usr/evil 2>&1",
+        data = data_dir.display()
+    );
+    let id = svc
+        .submit(json!({"user_id": "u", "steps": [{"run": {"cmd": cmd}}]}))
+        .await;
+    let job = svc.wait(&id).await;
+    let out = job["result"]["steps"][0]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "{job}");
+    let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert_ne!(parts[0], host_passwd, "the host's /etc/passwd is visible");
+    assert!(
+        parts[1].contains("No such file"),
+        "the service's data directory is visible: {}",
+        parts[1]
+    );
+    assert!(
+        parts[2].contains("Error"),
+        "the sandbox reached a host listener: {}",
+        parts[2]
+    );
+    assert!(
+        listener.accept().is_err(),
+        "a connection arrived from the sandbox"
+    );
+    assert!(
+        parts[3].contains("Read-only") || parts[3].contains("Permission denied"),
+        "{}",
+        parts[3]
+    );
+    assert!(!std::path::Path::new("/usr/evil").exists());
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_the_next_job_runs() {
+    let svc = Service::start(|s| s.local.processes = 64).await;
+    let id = svc
+        .submit(json!({"user_id": "u", "steps": [{"run": {"cmd": "bomb654() { bomb654 | bomb654 & }; bomb654; wait", "timeout": "5s"}}]}))
+        .await;
+    let job = svc.wait(&id).await;
+    // The bomb hits the process limit; its top level may still exit 0 once forks fail, so the
+    // checks are what a user notices: it ended within its timeout, nothing of it survives, and
+    // the service runs the next job.
+    assert!(
+        job["status"] == "completed" || job["status"] == "failed",
+        "{job}"
+    );
+    assert!(
+        crate::support::processes_matching("bomb").is_empty(),
+        "fork bomb processes survived"
+    );
+    let next = svc
+        .submit(json!({"user_id": "u", "steps": [{"run": {"cmd": "echo still here"}}]}))
+        .await;
+    let job = svc.wait(&next).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["result"]["steps"][0]["stdout"], "still here\n");
+}
