@@ -149,6 +149,7 @@ impl RootSupervisor {
             create_timeout: a.settings.create_timeout,
             write_timeout: a.settings.write_timeout,
         });
+        reap_orphans(a.provider.as_ref(), &a.instance).await;
         let (pool, _) = Actor::spawn_linked(
             None,
             SandboxPool,
@@ -338,6 +339,7 @@ impl Runtime {
         let (events, _) = broadcast::channel(4096);
         let (links_tx, links_rx) = watch::channel(None);
         let exit = Arc::new(Mutex::new(None));
+        let instance_for_handle = instance.clone();
         let (root, join) = Actor::spawn(
             None,
             RootSupervisor,
@@ -363,6 +365,7 @@ impl Runtime {
                 join: tokio::sync::Mutex::new(Some(join)),
                 exit,
                 faults,
+                instance: instance_for_handle,
             }),
         })
     }
@@ -400,6 +403,35 @@ pub fn local_isolation(settings: &Settings) -> Result<Isolation, RuntimeError> {
     }
 }
 
+/// Kill sandboxes tagged with this instance: before the pool starts no job of ours is running,
+/// so every one of them was left behind by a crash (or a worker that died mid-job). Bounded in
+/// time; a provider that cannot be listed now is tried again at the next start.
+async fn reap_orphans(provider: &dyn Provider, instance: &str) {
+    let listed = tokio::time::timeout(Duration::from_secs(30), provider.list()).await;
+    let Ok(Ok(sandboxes)) = listed else {
+        tracing::warn!("could not list sandboxes to reap orphans; will try at the next start");
+        return;
+    };
+    for s in sandboxes {
+        if s.metadata.get("sandwarden_instance").map(String::as_str) != Some(instance) {
+            continue;
+        }
+        let job = s
+            .metadata
+            .get("sandwarden_job")
+            .cloned()
+            .unwrap_or_default();
+        match tokio::time::timeout(Duration::from_secs(10), provider.kill(&s.id)).await {
+            Ok(Ok(())) => {
+                tracing::warn!(sandbox = %s.id, job_id = %job, "killed an orphaned sandbox")
+            }
+            _ => {
+                tracing::warn!(sandbox = %s.id, job_id = %job, "could not kill an orphaned sandbox")
+            }
+        }
+    }
+}
+
 /// This installation's id, made once and kept in the store; sandboxes are tagged with it.
 fn instance_id(store: &Store) -> Result<String, StoreError> {
     if let Some(id) = store.get_record::<String>("instance")? {
@@ -425,6 +457,7 @@ struct HandleInner {
     join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     exit: Arc<Mutex<Option<String>>>,
     faults: Arc<FaultControl>,
+    instance: String,
 }
 
 /// A page of jobs.
@@ -436,6 +469,11 @@ pub struct JobPage {
 impl RuntimeHandle {
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// This installation's id; every sandbox it creates is tagged with it.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -336,7 +336,18 @@ async fn create_sandbox(
                     return Ok(found.id);
                 }
             }
-            ctx.provider.create(spec).await
+            let id = ctx.provider.create(spec).await?;
+            // A sandbox that is not healthy is killed and the create retried (as transient)
+            // within the same retry budget.
+            if let Err(e) = ctx.provider.health(&id).await {
+                tracing::warn!(sandbox = %id, error = %e, "new sandbox failed its health check; killing it");
+                let _ = ctx.provider.kill(&id).await;
+                return Err(ProviderError::transient(format!(
+                    "new sandbox {id} failed its health check: {}",
+                    e.message()
+                )));
+            }
+            Ok(id)
         }
     })
     .await

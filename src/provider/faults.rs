@@ -147,4 +147,8 @@ impl Provider for FaultyProvider {
         self.control.before_call().await?;
         self.inner.list().await
     }
+
+    async fn health(&self, sandbox: &str) -> Result<(), ProviderError> {
+        self.inner.health(sandbox).await
+    }
 }

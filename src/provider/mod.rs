@@ -85,4 +85,10 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Every live sandbox this provider knows of.
     async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError>;
+
+    /// Whether a freshly created sandbox is ready to take work. Providers whose sandboxes are
+    /// ready as soon as `create` returns keep the default.
+    async fn health(&self, _sandbox: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }

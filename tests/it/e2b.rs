@@ -624,3 +624,79 @@ async fn runtime_retries_a_stream_dropped_mid_command() {
     assert_eq!(r.emu.faults().calls("process_start"), 2);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn orphaned_sandboxes_of_this_instance_are_reaped_at_start() {
+    let r = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let instance = {
+        let rt = runtime_on_emulator(&r.emu, dir.path()).await;
+        let id = rt.instance().to_string();
+        rt.shutdown().await.unwrap();
+        id
+    };
+    // A sandbox of ours that no job knows (as after a crash), and one of another installation.
+    let ours = E2bProvider::new(E2bConfig {
+        api_url: r.emu.base_url(),
+        sandbox_url: Some(r.emu.base_url()),
+        api_key: KEY.to_string(),
+        instance: instance.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "sandwarden_job".to_string(),
+        "job-00000000000000aa".to_string(),
+    );
+    let spec = SandboxSpec {
+        template: "base".into(),
+        timeout: Duration::from_secs(300),
+        env: BTreeMap::new(),
+        metadata: meta,
+    };
+    let orphan = ours.create(&spec).await.unwrap();
+    let other = E2bProvider::new(E2bConfig {
+        api_url: r.emu.base_url(),
+        sandbox_url: Some(r.emu.base_url()),
+        api_key: KEY.to_string(),
+        instance: "someone-else".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let foreign = other.create(&spec).await.unwrap();
+
+    let rt = runtime_on_emulator(&r.emu, dir.path()).await;
+    let ids = r.emu.sandbox_ids();
+    assert!(
+        !ids.contains(&orphan),
+        "the orphan survived the start: {ids:?}"
+    );
+    assert!(
+        ids.contains(&foreign),
+        "another installation's sandbox was killed"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unhealthy_new_sandbox_is_killed_and_replaced() {
+    let r = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime_on_emulator(&r.emu, dir.path()).await;
+    r.emu.faults().fail_next("envd_health", 1, 502);
+    let (job, _) = rt.submit(hello_spec()).await.unwrap();
+    let job = rt
+        .wait(&job.id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
+    assert_eq!(
+        r.emu.faults().calls("create"),
+        2,
+        "the unhealthy sandbox was replaced"
+    );
+    assert!(r.emu.sandbox_ids().is_empty(), "no sandbox leaked");
+    rt.shutdown().await.unwrap();
+}

@@ -229,6 +229,10 @@ fn metadata_with_instance(spec: &SandboxSpec, instance: &str) -> BTreeMap<String
 
 #[async_trait::async_trait]
 impl Provider for E2bProvider {
+    async fn health(&self, sandbox: &str) -> Result<(), ProviderError> {
+        self.check_health(sandbox).await
+    }
+
     fn name(&self) -> &'static str {
         "e2b"
     }
