@@ -384,7 +384,7 @@ async fn envd_status_error(what: &str, resp: reqwest::Response) -> ProviderError
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| super::retry_after::parse_retry_after(v, crate::clock::now_ms()));
+        .and_then(|v| crate::retry::parse_retry_after(v, crate::clock::now_ms()));
     let body = resp.text().await.unwrap_or_default();
     let e = classify_status(what, status, &body, retry_after);
     let lower = body.to_ascii_lowercase();

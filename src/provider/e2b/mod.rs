@@ -9,7 +9,6 @@
 pub mod connect;
 mod control;
 mod envd;
-pub mod retry_after;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -195,7 +194,7 @@ pub(crate) async fn status_error(what: &str, resp: reqwest::Response) -> Provide
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| retry_after::parse_retry_after(v, crate::clock::now_ms()));
+        .and_then(|v| crate::retry::parse_retry_after(v, crate::clock::now_ms()));
     let body = resp.text().await.unwrap_or_default();
     classify_status(what, status, &body, retry_after)
 }
