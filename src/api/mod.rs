@@ -257,7 +257,7 @@ async fn queue_stats(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json:
     let s = rt.stats().await?;
     Ok(Json(json!({
         "ready": s.ready, "leased": s.leased, "running": s.running,
-        "idle_workers": s.idle_workers, "paused": s.paused,
+        "idle_workers": s.idle_workers,
     })))
 }
 

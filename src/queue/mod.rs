@@ -58,7 +58,6 @@ pub struct QueueStats {
     pub leased: usize,
     pub idle_workers: usize,
     pub running: usize,
-    pub paused: bool,
 }
 
 pub enum QueueMsg {
@@ -196,7 +195,6 @@ impl Actor for QueueActor {
                     leased: state.store.leased_len(),
                     idle_workers: state.idle.len(),
                     running: state.running.len(),
-                    paused: false,
                 });
             }
         }

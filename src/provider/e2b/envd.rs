@@ -380,11 +380,7 @@ fn basic_user() -> String {
 /// An envd error: a 502 whose body says the sandbox was not found means it is gone for good.
 async fn envd_status_error(what: &str, resp: reqwest::Response) -> ProviderError {
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::retry::parse_retry_after(v, crate::clock::now_ms()));
+    let retry_after = super::retry_after(&resp);
     let body = resp.text().await.unwrap_or_default();
     let e = classify_status(what, status, &body, retry_after);
     let lower = body.to_ascii_lowercase();

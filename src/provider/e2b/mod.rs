@@ -187,14 +187,18 @@ pub(crate) fn transport_error(what: &str, e: reqwest::Error) -> ProviderError {
     }
 }
 
+/// The response's `Retry-After`, in either of its forms.
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry::parse_retry_after(v, crate::clock::now_ms()))
+}
+
 /// Read a failed response into a classified error; `Retry-After` is parsed for 429s.
 pub(crate) async fn status_error(what: &str, resp: reqwest::Response) -> ProviderError {
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::retry::parse_retry_after(v, crate::clock::now_ms()));
+    let retry_after = retry_after(&resp);
     let body = resp.text().await.unwrap_or_default();
     classify_status(what, status, &body, retry_after)
 }
