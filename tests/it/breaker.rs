@@ -8,12 +8,7 @@ use sandwarden::Runtime;
 use sandwarden::job::JobStatus;
 use sandwarden::provider::faults::Faults;
 
-use crate::support::{MemProvider, paused_settings};
-
-fn spec(cmd: &str) -> sandwarden::job::JobSpec {
-    let body = format!(r#"{{"user_id":"u","steps":[{{"run":{{"cmd":"{cmd}"}}}}]}}"#);
-    sandwarden::job::spec::parse(body.as_bytes(), &Default::default()).unwrap()
-}
+use crate::support::{MemProvider, paused_settings, run_spec};
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
@@ -33,7 +28,7 @@ async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
 
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(rt.submit(spec(&format!("job{i}"))).await.unwrap().0.id);
+        ids.push(rt.submit(run_spec(&format!("job{i}"))).await.unwrap().0.id);
     }
     // Let retries run their course on the paused clock; the breaker opens after 5 failures.
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -101,7 +96,7 @@ async fn permanent_errors_fail_at_once_and_never_trip_the_breaker() {
     });
     let mut ids = Vec::new();
     for i in 0..8 {
-        ids.push(rt.submit(spec(&format!("p{i}"))).await.unwrap().0.id);
+        ids.push(rt.submit(run_spec(&format!("p{i}"))).await.unwrap().0.id);
     }
     for id in &ids {
         let job = rt.wait(id, Duration::from_secs(60)).await.unwrap().unwrap();
@@ -135,8 +130,8 @@ async fn an_open_breaker_stays_open_across_a_restart() {
             status: 500,
             ..Default::default()
         });
-        rt.submit(spec("x")).await.unwrap();
-        rt.submit(spec("y")).await.unwrap();
+        rt.submit(run_spec("x")).await.unwrap();
+        rt.submit(run_spec("y")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let view = rt.breaker().await.unwrap();
         assert_eq!(view.state, "open", "{view:?}");

@@ -7,7 +7,7 @@ use sandwarden::job::JobStatus;
 use sandwarden::{Runtime, Settings};
 use serde_json::json;
 
-use crate::support::{GateProvider, MemProvider, Service, run_job};
+use crate::support::{GateProvider, MemProvider, Service, run_job, run_spec};
 
 #[tokio::test]
 async fn priority_order_then_fifo_within_a_priority() {
@@ -86,11 +86,7 @@ async fn a_restart_storm_stops_the_runtime_with_a_reason() {
     settings.restart_window = Duration::from_secs(60);
     settings.max_attempts = 1000;
     let rt = Runtime::start_with_provider(settings, gate).await.unwrap();
-    let spec = sandwarden::job::spec::parse(
-        br#"{"user_id":"u","steps":[{"run":{"cmd":"boom"}}]}"#,
-        &Default::default(),
-    )
-    .unwrap();
+    let spec = run_spec("boom");
     rt.submit(spec).await.unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(30), rt.stopped())
         .await
@@ -102,11 +98,7 @@ async fn a_restart_storm_stops_the_runtime_with_a_reason() {
 #[tokio::test]
 async fn interrupted_jobs_are_re_leased_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = sandwarden::job::spec::parse(
-        br#"{"user_id":"u","steps":[{"run":{"cmd":"x"}}]}"#,
-        &Default::default(),
-    )
-    .unwrap();
+    let spec = run_spec("x");
     let id = {
         let mem = Arc::new(MemProvider::default());
         let gate = Arc::new(GateProvider::new(mem, true));

@@ -8,12 +8,7 @@ use sandwarden::job::JobStatus;
 use sandwarden::provider::faults::Faults;
 use sandwarden::ratelimit::policy::Operation;
 
-use crate::support::{MemProvider, paused_settings};
-
-fn spec(cmd: &str) -> sandwarden::job::JobSpec {
-    let body = format!(r#"{{"user_id":"u","steps":[{{"run":{{"cmd":"{cmd}"}}}}]}}"#);
-    sandwarden::job::spec::parse(body.as_bytes(), &Default::default()).unwrap()
-}
+use crate::support::{MemProvider, op_usage, paused_settings, run_spec};
 
 #[tokio::test(start_paused = true)]
 async fn a_spent_create_quota_leaves_jobs_pending_not_failed() {
@@ -26,7 +21,7 @@ async fn a_spent_create_quota_leaves_jobs_pending_not_failed() {
         .unwrap();
     let mut ids = Vec::new();
     for i in 0..8 {
-        ids.push(rt.submit(spec(&format!("j{i}"))).await.unwrap().0.id);
+        ids.push(rt.submit(run_spec(&format!("j{i}"))).await.unwrap().0.id);
     }
     tokio::time::sleep(Duration::from_secs(60)).await;
     let jobs: Vec<_> = ids.iter().map(|id| rt.get(id).unwrap().unwrap()).collect();
@@ -52,16 +47,12 @@ async fn a_spent_create_quota_leaves_jobs_pending_not_failed() {
         );
     }
     assert!(jobs.iter().all(|j| j.status != JobStatus::Failed));
-    let view = rt.limits().await.unwrap();
-    let create = view
-        .operations
-        .iter()
-        .find(|o| o.operation == "sandbox_create")
-        .unwrap();
+    let create = op_usage(&rt, "sandbox_create").await;
     assert_eq!(
         (create.count, create.limit, create.state),
         (5, Some(5), "blocked")
     );
+    let view = rt.limits().await.unwrap();
     assert!(view.recent_events.iter().any(|e| e.kind == "warning"));
     assert_eq!(
         view.recent_events
@@ -99,21 +90,16 @@ async fn a_429_with_retry_after_holds_the_operation_for_everyone() {
         retry_after: Some(Duration::from_secs(7)),
         ..Default::default()
     });
-    let first = rt.submit(spec("a")).await.unwrap().0.id;
+    let first = rt.submit(run_spec("a")).await.unwrap().0.id;
     // Let the first create hit the 429, then let the provider recover.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rt.faults().injected(), 1);
     // The limiter records the 429's time exactly; the test's own clock reading would not be
     // (the paused clock may move while the store fsyncs).
-    let view = rt.limits().await.unwrap();
-    let create = view
-        .operations
-        .iter()
-        .find(|o| o.operation == "sandbox_create")
-        .unwrap();
+    let create = op_usage(&rt, "sandbox_create").await;
     let cooldown_until = create.cooldown_until_ms.expect("a cool-down after the 429");
     rt.faults().set(Faults::default());
-    let second = rt.submit(spec("b")).await.unwrap().0.id;
+    let second = rt.submit(run_spec("b")).await.unwrap().0.id;
     for id in [&first, &second] {
         let job = rt.wait(id, Duration::from_secs(60)).await.unwrap().unwrap();
         assert_eq!(job.status, JobStatus::Completed, "{job:?}");
@@ -148,7 +134,7 @@ async fn usage_survives_a_restart() {
             .await
             .unwrap();
         for i in 0..3 {
-            let id = rt.submit(spec(&format!("r{i}"))).await.unwrap().0.id;
+            let id = rt.submit(run_spec(&format!("r{i}"))).await.unwrap().0.id;
             rt.wait(&id, Duration::from_secs(30)).await.unwrap();
         }
         rt.shutdown().await.unwrap();
@@ -156,18 +142,13 @@ async fn usage_survives_a_restart() {
     let rt = Runtime::start_with_provider(settings(), Arc::new(MemProvider::default()))
         .await
         .unwrap();
-    let view = rt.limits().await.unwrap();
-    let create = view
-        .operations
-        .iter()
-        .find(|o| o.operation == "sandbox_create")
-        .unwrap();
+    let create = op_usage(&rt, "sandbox_create").await;
     assert_eq!(
         create.count, 3,
         "a restart must not hand out a fresh window"
     );
     assert_eq!(create.remaining, Some(0));
-    let id = rt.submit(spec("after")).await.unwrap().0.id;
+    let id = rt.submit(run_spec("after")).await.unwrap().0.id;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(rt.get(&id).unwrap().unwrap().status, JobStatus::Pending);
     rt.shutdown().await.unwrap();

@@ -104,6 +104,21 @@ impl Service {
     }
 }
 
+/// A one-step job spec (`run cmd`) for tests that submit through the library.
+pub fn run_spec(cmd: &str) -> sandwarden::job::JobSpec {
+    let body = format!(r#"{{"user_id":"u","steps":[{{"run":{{"cmd":"{cmd}"}}}}]}}"#);
+    sandwarden::job::spec::parse(body.as_bytes(), &Default::default()).unwrap()
+}
+
+/// The limiter's view of one operation.
+pub async fn op_usage(rt: &RuntimeHandle, op: &str) -> sandwarden::ratelimit::OpView {
+    let view = rt.limits().await.unwrap();
+    view.operations
+        .into_iter()
+        .find(|o| o.operation == op)
+        .unwrap()
+}
+
 pub fn run_job(user: &str, cmd: &str) -> Value {
     json!({"user_id": user, "steps": [{"run": {"cmd": cmd}}]})
 }
