@@ -67,7 +67,8 @@ pub struct TransitionView {
 
 pub enum BreakerMsg {
     Acquire(RpcReplyPort<Result<Permit, Option<u64>>>),
-    Record(Permit, Result<(), ErrorCategory>),
+    /// The outcome of a permitted call; a failure carries its message for `last_error`.
+    Record(Permit, Result<(), (ErrorCategory, String)>),
     Release(Permit),
     Reset(RpcReplyPort<BreakerView>),
     ForceOpen(RpcReplyPort<BreakerView>),
@@ -97,7 +98,7 @@ impl BreakerLink {
         }
     }
 
-    pub fn record(&self, permit: Option<Permit>, outcome: Result<(), ErrorCategory>) {
+    pub fn record(&self, permit: Option<Permit>, outcome: Result<(), (ErrorCategory, String)>) {
         if let Some(p) = permit {
             let _ = self.actor.cast(BreakerMsg::Record(p, outcome));
         }
@@ -341,15 +342,16 @@ impl Actor for CircuitBreakerActor {
                 }
             }
             BreakerMsg::Record(permit, outcome) => {
-                let counted = matches!(
-                    outcome,
-                    Err(ErrorCategory::Transient | ErrorCategory::Timeout)
-                );
-                if let Err(c) = outcome
-                    && counted
-                {
-                    state.last_error = Some(c.as_str().into());
-                }
+                let outcome = match outcome {
+                    Ok(()) => Ok(()),
+                    Err((category, message)) => {
+                        // Only failures that count against the provider are worth showing.
+                        if matches!(category, ErrorCategory::Transient | ErrorCategory::Timeout) {
+                            state.last_error = Some(format!("{}: {message}", category.as_str()));
+                        }
+                        Err(category)
+                    }
+                };
                 let before = (state.breaker.state(), state.breaker.consecutive_failures());
                 let transition = state.breaker.record(permit, outcome, now);
                 let after = (state.breaker.state(), state.breaker.consecutive_failures());

@@ -424,7 +424,10 @@ where
         };
         ctx.breaker.record(
             permit,
-            outcome.as_ref().map(|_| ()).map_err(|e| e.category()),
+            outcome
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| (e.category(), e.message().to_string())),
         );
         match &outcome {
             Err(e) if e.category() == ErrorCategory::RateLimited => {
