@@ -124,6 +124,10 @@ pub struct Settings {
     pub max_output_bytes: usize,
     pub max_read_bytes: usize,
     pub create_timeout: Duration,
+    /// Ended jobs are kept this long, then removed by the clean-up.
+    pub retention: Duration,
+    pub cleanup_every: Duration,
+    pub cleanup_batch: usize,
     pub write_timeout: Duration,
     pub job_defaults: SpecDefaults,
     pub local: LocalLimits,
@@ -344,6 +348,9 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         max_output_bytes: r.uint("jobs.max_output_bytes", 1 << 20, 1, 1 << 30) as usize,
         max_read_bytes: r.uint("jobs.max_read_bytes", 10 << 20, 1, 1 << 30) as usize,
         create_timeout: r.duration("jobs.create_timeout", "60s"),
+        retention: r.duration("jobs.retention", "7days"),
+        cleanup_every: r.duration("jobs.cleanup_every", "1h"),
+        cleanup_batch: r.uint("jobs.cleanup_batch", 1000, 1, 1_000_000) as usize,
         write_timeout: r.duration("jobs.write_timeout", "30s"),
         job_defaults,
         local: LocalLimits {
@@ -634,7 +641,7 @@ pub fn render(s: &Settings) -> String {
         d(s.restart_window)
     );
     out += &format!(
-        "\n[jobs]\nmax_attempts = {}\nrun_timeout = {}\nread_timeout = {}\nmax_steps = {}\nmax_step_timeout = {}\nmax_output_bytes = {}\nmax_read_bytes = {}\ncreate_timeout = {}\nwrite_timeout = {}\n",
+        "\n[jobs]\nmax_attempts = {}\nrun_timeout = {}\nread_timeout = {}\nmax_steps = {}\nmax_step_timeout = {}\nmax_output_bytes = {}\nmax_read_bytes = {}\ncreate_timeout = {}\nwrite_timeout = {}\nretention = {}\ncleanup_every = {}\ncleanup_batch = {}\n",
         s.max_attempts,
         d(j.run_timeout),
         d(j.read_timeout),
@@ -643,7 +650,10 @@ pub fn render(s: &Settings) -> String {
         s.max_output_bytes,
         s.max_read_bytes,
         d(s.create_timeout),
-        d(s.write_timeout)
+        d(s.write_timeout),
+        d(s.retention),
+        d(s.cleanup_every),
+        s.cleanup_batch
     );
     out += &format!(
         "\n[sandbox]\ntemplate = {:?}\ntimeout = {}\nmax_timeout = {}\n",

@@ -128,6 +128,9 @@ impl RootSupervisor {
             None,
             QueueActor,
             QueueArgs {
+                retention: a.settings.retention,
+                cleanup_batch: a.settings.cleanup_batch,
+                cleanup_every: a.settings.cleanup_every,
                 store: a.store.clone(),
                 events: a.events.clone(),
                 max_attempts: a.settings.max_attempts,
@@ -584,6 +587,44 @@ impl RuntimeHandle {
 
     pub async fn stats(&self) -> Result<QueueStats, RuntimeError> {
         self.queue_call(QueueMsg::Stats).await
+    }
+
+    /// Job counts by status, the oldest pending job's creation time, and how many jobs ended
+    /// in the last minute. Reads the store (O(jobs)).
+    pub fn census(&self) -> Result<crate::store::Census, RuntimeError> {
+        let since = crate::clock::now_ms().saturating_sub(60_000);
+        Ok(self.inner.store.census(since)?)
+    }
+
+    /// Jobs of every user, newest first (admin).
+    pub fn list_all(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, RuntimeError> {
+        let before = cursor.and_then(Job::seq_of);
+        let (jobs, next) = self.inner.store.list_jobs(status, limit, before)?;
+        Ok(JobPage {
+            jobs: jobs.into_iter().map(|j| self.decorate(j)).collect(),
+            next_cursor: next.map(Job::id_of),
+        })
+    }
+
+    /// Stop (true) or restart (false) dispatch; returns the new state.
+    pub async fn set_paused(&self, paused: bool) -> Result<bool, RuntimeError> {
+        self.queue_call(|r| QueueMsg::SetPaused(paused, r)).await
+    }
+
+    /// Run a dead or failed job again with a fresh budget of attempts.
+    pub async fn retry(&self, id: &str) -> Result<Job, RuntimeError> {
+        let id = id.to_string();
+        Ok(self.queue_call(|r| QueueMsg::Retry(id, r)).await??)
+    }
+
+    /// Remove ended jobs past their retention now; returns how many.
+    pub async fn cleanup(&self) -> Result<usize, RuntimeError> {
+        Ok(self.queue_call(|r| QueueMsg::Cleanup(Some(r))).await??)
     }
 
     pub async fn breaker(&self) -> Result<BreakerView, RuntimeError> {

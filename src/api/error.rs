@@ -61,9 +61,9 @@ impl From<RuntimeError> for ApiError {
                 "not_found",
                 format!("job {id} was not found"),
             ),
-            RuntimeError::Queue(e @ QueueError::NotCancellable { .. }) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
+            RuntimeError::Queue(
+                e @ (QueueError::NotCancellable { .. } | QueueError::NotRetryable { .. }),
+            ) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             RuntimeError::Stopped => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

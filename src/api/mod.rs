@@ -36,6 +36,11 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route("/breaker/open", post(breaker_open))
         .route("/faults", get(faults_get).put(faults_put))
         .route("/queue", get(queue_stats))
+        .route("/queue/pause", post(queue_pause))
+        .route("/queue/resume", post(queue_resume))
+        .route("/jobs", get(admin_jobs))
+        .route("/jobs/{id}/retry", post(admin_retry))
+        .route("/cleanup", post(admin_cleanup))
         .route("/ratelimits", get(ratelimits))
         .route_layer(middleware::from_fn_with_state(rt.clone(), require_admin));
     Router::new()
@@ -161,8 +166,18 @@ async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = q
         .user_id
+        .clone()
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ApiError::field("invalid_field", "user_id", "is required"))?;
+    let (status, limit) = status_and_limit(&q)?;
+    let page = rt.list(&user, status, limit, q.cursor.as_deref())?;
+    Ok(Json(
+        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
+    ))
+}
+
+/// The `status` and `limit` query parameters of job lists, checked.
+fn status_and_limit(q: &ListQuery) -> Result<(Option<JobStatus>, usize), ApiError> {
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -182,10 +197,7 @@ async fn list(
             }
         },
     };
-    let page = rt.list(&user, status, limit, q.cursor.as_deref())?;
-    Ok(Json(
-        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
-    ))
+    Ok((status, limit))
 }
 
 async fn cancel(
@@ -253,11 +265,51 @@ async fn ratelimits(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::
     ))
 }
 
+async fn queue_pause(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"paused": rt.set_paused(true).await?})))
+}
+
+async fn queue_resume(
+    State(rt): State<RuntimeHandle>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"paused": rt.set_paused(false).await?})))
+}
+
+async fn admin_retry(
+    State(rt): State<RuntimeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = rt.retry(&id).await?;
+    Ok(Json(json!({"id": job.id, "status": job.status.as_str()})))
+}
+
+async fn admin_cleanup(
+    State(rt): State<RuntimeHandle>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"removed": rt.cleanup().await?})))
+}
+
+async fn admin_jobs(
+    State(rt): State<RuntimeHandle>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (status, limit) = status_and_limit(&q)?;
+    let page = rt.list_all(status, limit, q.cursor.as_deref())?;
+    Ok(Json(
+        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
+    ))
+}
+
 async fn queue_stats(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
     let s = rt.stats().await?;
+    let census = rt.census()?;
+    let now = crate::clock::now_ms();
     Ok(Json(json!({
+        "by_status": census.by_status,
+        "oldest_pending_age_ms": census.oldest_pending_ms.map(|t| now.saturating_sub(t)),
+        "completed_last_minute": census.finished_since,
         "ready": s.ready, "leased": s.leased, "running": s.running,
-        "idle_workers": s.idle_workers,
+        "idle_workers": s.idle_workers, "paused": s.paused,
     })))
 }
 

@@ -42,6 +42,9 @@ pub enum JobStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Failed for good after `max_attempts` runs on errors that were not the job's fault; an
+    /// admin can retry it.
+    Dead,
 }
 
 impl JobStatus {
@@ -52,6 +55,7 @@ impl JobStatus {
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Dead => "dead",
         }
     }
 
@@ -62,6 +66,7 @@ impl JobStatus {
             "completed" => JobStatus::Completed,
             "failed" => JobStatus::Failed,
             "cancelled" => JobStatus::Cancelled,
+            "dead" => JobStatus::Dead,
             _ => return None,
         })
     }
@@ -69,7 +74,7 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Dead
         )
     }
 }
@@ -122,6 +127,19 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
     pub sandbox: SandboxRequest,
     pub steps: Vec<Step>,
+    /// Run no earlier than this (unix ms); from the request's `run_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<u64>,
+    /// Run no earlier than this long after acceptance; from the request's `delay`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub delay: Option<Duration>,
+    /// Where to POST the job's notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// One try at running a job, kept in the job's history.
@@ -183,6 +201,10 @@ pub struct Job {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub run_at_ms: u64,
+    /// Attempts before this index do not count against `max_attempts` (an admin retried the
+    /// job after they were used up).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_counted_from: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,7 +216,20 @@ pub struct Job {
     pub error: Option<JobError>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl Job {
+    /// Runs that count against `max_attempts`: breaker and limiter deferrals do not.
+    pub fn counted_attempts(&self) -> usize {
+        self.attempts
+            .iter()
+            .skip(self.attempts_counted_from)
+            .filter(|a| a.outcome.as_deref() != Some("deferred"))
+            .count()
+    }
+
     pub fn id_of(seq: u64) -> String {
         format!("job-{seq:016x}")
     }
@@ -208,6 +243,11 @@ impl Job {
     }
 
     pub fn new(seq: u64, spec: JobSpec, now_ms: u64) -> Self {
+        let run_at_ms = match (spec.run_at_ms, spec.delay) {
+            (Some(at), _) => at.max(now_ms),
+            (None, Some(d)) => now_ms + d.as_millis() as u64,
+            (None, None) => now_ms,
+        };
         Job {
             id: Self::id_of(seq),
             seq,
@@ -216,7 +256,8 @@ impl Job {
             spec,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
-            run_at_ms: now_ms,
+            run_at_ms,
+            attempts_counted_from: 0,
             started_at_ms: None,
             finished_at_ms: None,
             attempts: Vec::new(),

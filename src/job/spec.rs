@@ -69,6 +69,17 @@ struct RawSpec {
     #[serde(default)]
     sandbox: RawSandbox,
     steps: Vec<RawStep>,
+    /// RFC 3339 time before which the job does not run.
+    run_at: Option<String>,
+    /// How long after acceptance the job may run, e.g. "10m".
+    delay: Option<String>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -234,7 +245,58 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
             }
         });
     }
+    if raw.run_at.is_some() && raw.delay.is_some() {
+        return Err(SpecError::field(
+            "delay",
+            "give either run_at or delay, not both",
+        ));
+    }
+    let run_at_ms = match &raw.run_at {
+        None => None,
+        Some(t) => Some(
+            humantime::parse_rfc3339_weak(t)
+                .map_err(|e| {
+                    SpecError::field(
+                        "run_at",
+                        format!("{t:?} is not an RFC 3339 time like \"2026-11-26T14:00:00Z\": {e}"),
+                    )
+                })?
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| SpecError::field("run_at", "must be after 1970"))?
+                .as_millis() as u64,
+        ),
+    };
+    let delay = match &raw.delay {
+        None => None,
+        Some(t) => Some(humantime::parse_duration(t).map_err(|e| {
+            SpecError::field(
+                "delay",
+                format!("{t:?} is not a duration like \"10m\": {e}"),
+            )
+        })?),
+    };
+    let webhook = match raw.notify.and_then(|n| n.webhook) {
+        None => None,
+        Some(url) => {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() <= 2048
+                && url
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !ok {
+                return Err(SpecError::field(
+                    "notify.webhook",
+                    "must be an http(s) URL with a host",
+                ));
+            }
+            Some(url)
+        }
+    };
     Ok(JobSpec {
+        run_at_ms,
+        delay,
+        webhook,
         user_id: raw.user_id,
         project_id: raw.project_id,
         kind: raw.kind,
@@ -359,6 +421,18 @@ mod tests {
                 "steps[0].run.cmd",
             ),
             (r#"{"user_id":"u","steps":[{"fly":{}}]}"#, "steps[0]"),
+            (
+                r#"{"user_id":"u","delay":"later","steps":[{"run":{"cmd":"x"}}]}"#,
+                "delay",
+            ),
+            (
+                r#"{"user_id":"u","run_at":"tomorrow","steps":[{"run":{"cmd":"x"}}]}"#,
+                "run_at",
+            ),
+            (
+                r#"{"user_id":"u","notify":{"webhook":"ftp://x"},"steps":[{"run":{"cmd":"x"}}]}"#,
+                "notify.webhook",
+            ),
             (
                 r#"{"user_id":"u","sandbox":{"timeout":"-5s"},"steps":[{"run":{"cmd":"x"}}]}"#,
                 "sandbox.timeout",

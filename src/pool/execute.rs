@@ -77,24 +77,26 @@ pub async fn run_job(ctx: &WorkerContext, job: &mut Job, cancel: &CancellationTo
             err,
             counted,
         }) => {
-            let used = job
-                .attempts
-                .iter()
-                .filter(|a| a.outcome.as_deref() != Some("deferred"))
-                .count()
-                - usize::from(!counted);
+            // The attempt in progress is counted by `counted_attempts` until it is marked.
+            let used = job.counted_attempts() - usize::from(!counted);
             if !counted || (used as u32) < ctx.max_attempts {
                 let delay_from_policy = ctx.retry.backoff(attempt_no as u32, rand::random());
                 job.run_at_ms = retry_at_ms
                     .unwrap_or(now + delay_from_policy.as_millis() as u64)
                     .max(now);
-                let reason = format!(
-                    "provider unavailable, waiting for recovery: {}",
-                    err.message
-                );
-                (JobStatus::Pending, Some(err), Some(reason), "requeued")
+                let reason = if err.category == "rate_limited" {
+                    err.message.clone()
+                } else {
+                    format!(
+                        "provider unavailable, waiting for recovery: {}",
+                        err.message
+                    )
+                };
+                let outcome = if counted { "requeued" } else { "deferred" };
+                (JobStatus::Pending, Some(err), Some(reason), outcome)
             } else {
-                (JobStatus::Failed, Some(err), None, "failed")
+                // Not the job's fault, but it has used its runs: a dead letter an admin can retry.
+                (JobStatus::Dead, Some(err), None, "failed")
             }
         }
     };

@@ -41,6 +41,8 @@ pub enum QueueError {
     NotFound(String),
     #[error("job {id} is {status} and cannot be cancelled")]
     NotCancellable { id: String, status: &'static str },
+    #[error("job {id} is {status}; only dead or failed jobs can be retried")]
+    NotRetryable { id: String, status: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -58,6 +60,7 @@ pub struct QueueStats {
     pub leased: usize,
     pub idle_workers: usize,
     pub running: usize,
+    pub paused: bool,
 }
 
 pub enum QueueMsg {
@@ -72,10 +75,22 @@ pub enum QueueMsg {
     /// Re-check the ready queue (scheduled jobs coming due).
     Tick,
     Stats(RpcReplyPort<QueueStats>),
+    /// Stop (true) or restart (false) handing jobs to workers; running jobs go on.
+    SetPaused(bool, RpcReplyPort<bool>),
+    /// Run a dead (or failed) job again, with a fresh budget of attempts.
+    Retry(String, RpcReplyPort<Result<Job, QueueError>>),
+    /// Remove ended jobs older than the retention; replies how many.
+    Cleanup(Option<RpcReplyPort<Result<usize, QueueError>>>),
 }
+
+const PAUSED_KEY: &str = "queue/paused";
 
 pub struct QueueArgs {
     pub store: Store,
+    /// Ended jobs older than this are removed by `Cleanup`, at most `cleanup_batch` a run.
+    pub retention: Duration,
+    pub cleanup_batch: usize,
+    pub cleanup_every: Duration,
     pub events: broadcast::Sender<JobEvent>,
     pub max_attempts: u32,
     pub breaker: watch::Receiver<BreakerView>,
@@ -93,6 +108,9 @@ pub struct QueueState {
     /// worker -> (job seq, cancel token)
     running: HashMap<ActorId, (u64, CancellationToken)>,
     stop: CancellationToken,
+    paused: bool,
+    retention: Duration,
+    cleanup_batch: usize,
 }
 
 pub struct QueueActor;
@@ -107,6 +125,8 @@ impl Actor for QueueActor {
         myself: ActorRef<QueueMsg>,
         args: QueueArgs,
     ) -> Result<QueueState, ActorProcessingErr> {
+        let args_cleanup_every = args.cleanup_every;
+        let paused = args.store.get_record::<bool>(PAUSED_KEY)?.unwrap_or(false);
         let state = QueueState {
             store: args.store,
             events: args.events,
@@ -116,6 +136,9 @@ impl Actor for QueueActor {
             idle: VecDeque::new(),
             running: HashMap::new(),
             stop: CancellationToken::new(),
+            paused,
+            retention: args.retention,
+            cleanup_batch: args.cleanup_batch,
         };
         let leased = state.store.leased()?;
         if !leased.is_empty() {
@@ -134,15 +157,22 @@ impl Actor for QueueActor {
         let mut watch = state.breaker.clone();
         let me = myself.clone();
         let stop = state.stop.clone();
+        let cleanup_every = args_cleanup_every;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // The first clean-up comes one period after start, not during it.
+            let mut cleanup = tokio::time::interval_at(
+                tokio::time::Instant::now() + cleanup_every,
+                cleanup_every,
+            );
             loop {
-                tokio::select! {
+                let msg = tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                    changed = watch.changed() => if changed.is_err() { break },
-                }
-                if me.cast(QueueMsg::Tick).is_err() {
+                    _ = tick.tick() => QueueMsg::Tick,
+                    _ = cleanup.tick() => QueueMsg::Cleanup(None),
+                    changed = watch.changed() => if changed.is_err() { break } else { QueueMsg::Tick },
+                };
+                if me.cast(msg).is_err() {
                     break;
                 }
             }
@@ -195,7 +225,30 @@ impl Actor for QueueActor {
                     leased: state.store.leased_len(),
                     idle_workers: state.idle.len(),
                     running: state.running.len(),
+                    paused: state.paused,
                 });
+            }
+            QueueMsg::SetPaused(paused, reply) => {
+                state.paused = paused;
+                state.store.put_record(PAUSED_KEY, &paused)?;
+                tracing::warn!(
+                    paused,
+                    "dispatch {}",
+                    if paused { "paused" } else { "resumed" }
+                );
+                let _ = reply.send(paused);
+            }
+            QueueMsg::Retry(id, reply) => {
+                let _ = reply.send(state.retry(&id));
+            }
+            QueueMsg::Cleanup(reply) => {
+                let result = state.cleanup();
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => result.map(|_| ())?,
+                }
             }
         }
         state.dispatch()?;
@@ -320,8 +373,8 @@ impl QueueState {
             a.error = Some(why.into());
         }
         job.updated_at_ms = now;
-        if job.attempts.len() as u32 >= self.max_attempts {
-            job.status = JobStatus::Failed;
+        if job.counted_attempts() as u32 >= self.max_attempts {
+            job.status = JobStatus::Dead;
             job.finished_at_ms = Some(now);
             job.error = Some(JobError {
                 category: "interrupted".into(),
@@ -338,7 +391,42 @@ impl QueueState {
         Ok(())
     }
 
+    fn retry(&mut self, id: &str) -> Result<Job, QueueError> {
+        let mut job = self
+            .store
+            .get_job(id)?
+            .ok_or_else(|| QueueError::NotFound(id.into()))?;
+        if !matches!(job.status, JobStatus::Dead | JobStatus::Failed) {
+            return Err(QueueError::NotRetryable {
+                id: id.into(),
+                status: job.status.as_str(),
+            });
+        }
+        let now = now_ms();
+        job.status = JobStatus::Pending;
+        job.reason = Some("retried by an admin".into());
+        job.attempts_counted_from = job.attempts.len();
+        job.run_at_ms = now;
+        job.updated_at_ms = now;
+        job.finished_at_ms = None;
+        job.error = None;
+        self.store.release(&job)?;
+        tracing::info!(job_id = %job.id, "job retried by an admin");
+        self.emit(&job);
+        Ok(job)
+    }
+
+    fn cleanup(&mut self) -> Result<usize, QueueError> {
+        let cutoff = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let removed = self.store.remove_ended_before(cutoff, self.cleanup_batch)?;
+        tracing::info!(removed, "removed ended jobs past their retention");
+        Ok(removed)
+    }
+
     fn dispatch(&mut self) -> Result<(), QueueError> {
+        if self.paused {
+            return Ok(());
+        }
         while let Some(worker) = self.idle.front().cloned() {
             let now = now_ms();
             {

@@ -52,6 +52,14 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What `census` counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    pub by_status: std::collections::BTreeMap<&'static str, usize>,
+    pub oldest_pending_ms: Option<u64>,
+    pub finished_since: usize,
+}
+
 /// A job claimed by a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -381,6 +389,89 @@ impl Store {
             out.push(job);
         }
         Ok((out, next))
+    }
+
+    /// Jobs of any user, newest first, optionally of one status, starting below `before`.
+    /// O(jobs scanned): an admin view, not a hot path.
+    pub fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Job>, Option<u64>)> {
+        let end = before.unwrap_or(u64::MAX).to_be_bytes();
+        let range = match before {
+            Some(_) => self.inner.jobs.range(..end),
+            None => self.inner.jobs.iter(),
+        };
+        let mut out: Vec<Job> = Vec::new();
+        for item in range.rev() {
+            let (k, v) = item?;
+            let job = decode_job(&k, &v)?;
+            if status.is_some_and(|s| s != job.status) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out.clone(), out.last().map(|j| j.seq)));
+            }
+            out.push(job);
+        }
+        Ok((out, None))
+    }
+
+    /// Counts by status, the oldest pending job's creation time, and how many jobs ended at
+    /// or after `since_ms`. O(jobs).
+    pub fn census(&self, since_ms: u64) -> Result<Census> {
+        let mut c = Census::default();
+        for item in self.inner.jobs.iter() {
+            let (k, v) = item?;
+            let job = decode_job(&k, &v)?;
+            *c.by_status.entry(job.status.as_str()).or_default() += 1;
+            if job.status == JobStatus::Pending {
+                c.oldest_pending_ms = Some(
+                    c.oldest_pending_ms
+                        .map_or(job.created_at_ms, |t: u64| t.min(job.created_at_ms)),
+                );
+            }
+            if job.finished_at_ms.is_some_and(|t| t >= since_ms) {
+                c.finished_since += 1;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Remove up to `max` ended jobs that finished before `cutoff_ms`, with their index
+    /// entries. Returns how many were removed.
+    pub fn remove_ended_before(&self, cutoff_ms: u64, max: usize) -> Result<usize> {
+        let i = &self.inner;
+        let mut removed = 0;
+        for item in i.jobs.iter() {
+            if removed == max {
+                break;
+            }
+            let (k, v) = item?;
+            let job = decode_job(&k, &v)?;
+            let old = job.status.is_terminal() && job.finished_at_ms.is_some_and(|t| t < cutoff_ms);
+            if !old {
+                continue;
+            }
+            let ukey = user_key(&job.spec.user_id, job.seq);
+            let ikey = job
+                .spec
+                .idempotency_key
+                .as_ref()
+                .map(|key| idem_key(&job.spec.user_id, key));
+            (&i.jobs, &i.by_user, &i.idempotency).transaction(|(jobs, by_user, idem)| {
+                jobs.remove(&k)?;
+                by_user.remove(ukey.as_slice())?;
+                if let Some(ikey) = &ikey {
+                    idem.remove(ikey.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// All jobs, in seq order (for stats and tests; O(n)).

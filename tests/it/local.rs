@@ -187,3 +187,29 @@ async fn a_fork_bomb_is_contained_and_the_next_job_runs() {
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["result"]["steps"][0]["stdout"], "still here\n");
 }
+
+#[tokio::test]
+async fn cancelling_a_running_job_kills_its_command() {
+    let svc = Service::start(|_| {}).await;
+    let id = svc
+        .submit(json!({"user_id": "u", "steps": [{"run": {"cmd": "sleep 987659"}}]}))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while svc.get(&format!("/v1/jobs/{id}")).await.1["status"] != "running" {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, body) = svc.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let job = svc.wait(&id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let mut left = crate::support::processes_matching("sleep 987659");
+    for _ in 0..40 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = crate::support::processes_matching("sleep 987659");
+    }
+    assert!(left.is_empty(), "the cancelled command survived: {left:?}");
+}

@@ -129,3 +129,162 @@ async fn interrupted_jobs_are_re_leased_after_a_restart() {
     assert_eq!(job.attempts[0].outcome.as_deref(), Some("interrupted"));
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_end_in_dead_letters_that_an_admin_can_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::support::paused_settings(dir.path());
+    settings.max_attempts = 2;
+    // Keep the breaker out of it so that every run reaches the provider.
+    settings.breaker.failure_threshold = 1000;
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    rt.faults().set(sandwarden::provider::faults::Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    let id = rt.submit(run_spec("doomed")).await.unwrap().0.id;
+    let job = rt
+        .wait(&id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Dead, "{job:?}");
+    assert_eq!(job.attempts.len(), 2);
+    assert_eq!(job.attempts[0].outcome.as_deref(), Some("requeued"));
+    assert_eq!(job.error.as_ref().unwrap().category, "transient");
+    let dead = rt.list_all(Some(JobStatus::Dead), 10, None).unwrap();
+    assert_eq!(dead.jobs.len(), 1);
+
+    rt.faults().set(Default::default());
+    let retried = rt.retry(&id).await.unwrap();
+    assert_eq!(retried.status, JobStatus::Pending);
+    let job = rt
+        .wait(&id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Completed, "{job:?}");
+    assert_eq!(job.attempts.len(), 3, "the history is kept");
+    assert!(
+        rt.retry(&id).await.is_err(),
+        "a completed job is not retried"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_dispatch_holds_jobs_until_resumed_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let rt = Runtime::start_with_provider(
+            crate::support::paused_settings(dir.path()),
+            Arc::new(MemProvider::default()),
+        )
+        .await
+        .unwrap();
+        assert!(rt.set_paused(true).await.unwrap());
+        let id = rt.submit(run_spec("held")).await.unwrap().0.id;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(rt.get(&id).unwrap().unwrap().status, JobStatus::Pending);
+        rt.shutdown().await.unwrap();
+        id
+    };
+    let rt = Runtime::start_with_provider(
+        crate::support::paused_settings(dir.path()),
+        Arc::new(MemProvider::default()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        rt.get(&id).unwrap().unwrap().status,
+        JobStatus::Pending,
+        "pause survives a restart"
+    );
+    assert!(rt.stats().await.unwrap().paused);
+    assert!(!rt.set_paused(false).await.unwrap());
+    let job = rt
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn delayed_jobs_wait_for_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemProvider::default());
+    let rt = Runtime::start_with_provider(crate::support::paused_settings(dir.path()), mem.clone())
+        .await
+        .unwrap();
+    let spec = sandwarden::job::spec::parse(
+        br#"{"user_id":"u","delay":"10m","steps":[{"run":{"cmd":"later"}}]}"#,
+        &Default::default(),
+    )
+    .unwrap();
+    let later = rt.submit(spec).await.unwrap().0.id;
+    let now = rt.submit(run_spec("now")).await.unwrap().0.id;
+    assert_eq!(
+        rt.wait(&now, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        JobStatus::Completed
+    );
+    tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+    assert_eq!(rt.get(&later).unwrap().unwrap().status, JobStatus::Pending);
+    tokio::time::sleep(Duration::from_secs(6 * 60)).await;
+    let job = rt
+        .wait(&later, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert!(job.started_at_ms.unwrap() >= job.created_at_ms + 600_000);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cleanup_removes_only_jobs_past_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::support::paused_settings(dir.path());
+    settings.retention = Duration::from_secs(3600);
+    // Only the explicit run below cleans up.
+    settings.cleanup_every = Duration::from_secs(24 * 3600);
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    let old = rt.submit(run_spec("old")).await.unwrap().0.id;
+    rt.wait(&old, Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    let fresh = rt.submit(run_spec("fresh")).await.unwrap().0.id;
+    rt.wait(&fresh, Duration::from_secs(30)).await.unwrap();
+    let held = {
+        rt.set_paused(true).await.unwrap();
+        rt.submit(run_spec("pending")).await.unwrap().0.id
+    };
+    let removed = rt.cleanup().await.unwrap();
+    assert_eq!(removed, 1);
+    assert!(rt.get(&old).unwrap().is_none(), "the old job is gone");
+    assert!(
+        rt.get(&fresh).unwrap().is_some(),
+        "a job within retention stays"
+    );
+    assert!(
+        rt.get(&held).unwrap().is_some(),
+        "pending jobs are never cleaned up"
+    );
+    assert_eq!(
+        rt.list("u", None, 10, None).unwrap().jobs.len(),
+        2,
+        "the user index follows"
+    );
+    rt.shutdown().await.unwrap();
+}
