@@ -107,6 +107,8 @@ pub struct E2bSettings {
     pub request_timeout: Duration,
 }
 
+pub use crate::notify::NotifySettings;
+
 /// Checked settings: everything the runtime needs, already validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -140,6 +142,7 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub ratelimit: RateLimitSettings,
     pub e2b: E2bSettings,
+    pub notify: NotifySettings,
     pub faults: FaultSettings,
 }
 
@@ -402,6 +405,12 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             window_failure_rate: r.float("breaker.window_failure_rate", 0.5, 0.0, 1.0),
         },
         ratelimit,
+        notify: NotifySettings {
+            webhook_secret: r.opt_string("notify.webhook_secret"),
+            webhook_attempts: r.uint("notify.webhook_attempts", 5, 1, 100) as u32,
+            webhook_backoff: r.duration("notify.webhook_backoff", "1s"),
+            webhook_timeout: r.duration("notify.webhook_timeout", "10s"),
+        },
         e2b: E2bSettings {
             api_url: r.string("e2b.api_url", "https://api.e2b.app"),
             sandbox_url: r.opt_string("e2b.sandbox_url"),
@@ -712,6 +721,14 @@ pub fn render(s: &Settings) -> String {
             l.limits.get(&op).copied().unwrap_or(0)
         );
     }
+    let n = &s.notify;
+    out += &format!(
+        "\n[notify]\nwebhook_secret = {}\nwebhook_attempts = {}\nwebhook_backoff = {}\nwebhook_timeout = {}\n",
+        mask(&n.webhook_secret),
+        n.webhook_attempts,
+        d(n.webhook_backoff),
+        d(n.webhook_timeout)
+    );
     let e = &s.e2b;
     out += &format!(
         "\n[e2b]\napi_url = {:?}\nsandbox_url = {:?}\napi_key = {}\ndomain = {:?}\nrequest_timeout = {}\n",

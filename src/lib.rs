@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod emulator;
 pub mod job;
+pub mod notify;
 pub mod pool;
 pub mod provider;
 pub mod queue;

@@ -5,6 +5,7 @@
 //! RootSupervisor (one-for-all, bounded restarts)
 //! ├── CircuitBreakerActor
 //! ├── RateLimiterActor
+//! ├── NotifierActor
 //! ├── QueueActor
 //! └── SandboxPool ── SandboxWorker x N
 //! ```
@@ -25,6 +26,7 @@ use tokio::sync::{broadcast, watch};
 use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitBreakerActor};
 use crate::config::{IsolationKind, ProviderKind, Settings};
 use crate::job::{Job, JobSpec, JobStatus};
+use crate::notify::{Notification, NotifierActor, NotifierArgs, NotifierLink};
 use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
 use crate::provider::Provider;
 use crate::provider::e2b::{E2bConfig, E2bProvider};
@@ -68,6 +70,7 @@ struct RootArgs {
     store: Store,
     provider: Arc<dyn Provider>,
     events: broadcast::Sender<JobEvent>,
+    live: broadcast::Sender<Notification>,
     links: watch::Sender<Option<Links>>,
     exit: Arc<Mutex<Option<String>>>,
     instance: String,
@@ -124,10 +127,22 @@ impl RootSupervisor {
             a.settings.ratelimit.cleanup_every,
         )
         .await?;
+        let (notifier, _) = Actor::spawn_linked(
+            None,
+            NotifierActor,
+            NotifierArgs {
+                store: a.store.clone(),
+                settings: a.settings.notify.clone(),
+                live: a.live.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         let (queue, _) = Actor::spawn_linked(
             None,
             QueueActor,
             QueueArgs {
+                notifier: NotifierLink(notifier.clone()),
                 retention: a.settings.retention,
                 cleanup_batch: a.settings.cleanup_batch,
                 cleanup_every: a.settings.cleanup_every,
@@ -169,6 +184,7 @@ impl RootSupervisor {
         state.children = vec![
             breaker_ref.get_cell(),
             limiter_ref.get_cell(),
+            notifier.get_cell(),
             queue.get_cell(),
             pool.get_cell(),
         ];
@@ -340,6 +356,7 @@ impl Runtime {
         }
         let provider: Arc<dyn Provider> = Arc::new(FaultyProvider::new(provider, faults.clone()));
         let (events, _) = broadcast::channel(4096);
+        let (live, _) = broadcast::channel(1024);
         let (links_tx, links_rx) = watch::channel(None);
         let exit = Arc::new(Mutex::new(None));
         let instance_for_handle = instance.clone();
@@ -351,6 +368,7 @@ impl Runtime {
                 store: store.clone(),
                 provider,
                 events: events.clone(),
+                live: live.clone(),
                 links: links_tx,
                 exit: exit.clone(),
                 instance,
@@ -363,6 +381,7 @@ impl Runtime {
                 settings,
                 store,
                 events,
+                live,
                 links: links_rx,
                 root,
                 join: tokio::sync::Mutex::new(Some(join)),
@@ -455,6 +474,7 @@ struct HandleInner {
     settings: Settings,
     store: Store,
     events: broadcast::Sender<JobEvent>,
+    live: broadcast::Sender<Notification>,
     links: watch::Receiver<Option<Links>>,
     root: ActorRef<()>,
     join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -580,6 +600,34 @@ impl RuntimeHandle {
         }
     }
 
+    /// A user's notifications, newest first.
+    pub fn notifications(
+        &self,
+        user: &str,
+        unread_only: bool,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Notification>, Option<String>), RuntimeError> {
+        let before = cursor
+            .and_then(|c| c.strip_prefix("ntf-"))
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        let (list, next) = self
+            .inner
+            .store
+            .list_notifications(user, unread_only, limit, before)?;
+        Ok((list, next.map(|s| format!("ntf-{s:016x}"))))
+    }
+
+    /// Mark a user's notifications read (the given ids, or all); returns how many changed.
+    pub fn mark_read(&self, user: &str, ids: Option<&[String]>) -> Result<usize, RuntimeError> {
+        Ok(self.inner.store.mark_read(user, ids)?)
+    }
+
+    /// Notifications as they are made (for server-sent events).
+    pub fn subscribe_notifications(&self) -> broadcast::Receiver<Notification> {
+        self.inner.live.subscribe()
+    }
+
     /// Job transitions as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.inner.events.subscribe()
@@ -690,6 +738,19 @@ impl RuntimeHandle {
             .await;
         let _ = self.stopped().await;
         self.inner.store.flush().await?;
+        // Actors drop their state (and their store handles) just after they report stopped;
+        // wait for that, so that the database is closed when this returns and the same data
+        // directory can be opened again at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.inner.store.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.inner.store.handles() > 1 {
+            tracing::warn!(
+                handles = self.inner.store.handles(),
+                "store handles outlived the shutdown"
+            );
+        }
         Ok(())
     }
 }

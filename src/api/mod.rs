@@ -48,6 +48,12 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/users/{id}/notifications", get(notifications))
+        .route(
+            "/v1/users/{id}/notifications/read",
+            post(notifications_read),
+        )
+        .route("/v1/events", get(events))
         .nest("/v1/admin", admin)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
@@ -95,10 +101,11 @@ async fn submit(
     let body = body_or_error(body)?;
     let spec = spec::parse(&body, &rt.settings().job_defaults).map_err(ApiError::from)?;
     let (job, created) = rt.submit(spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    // 202: accepted, but it waits (provider down, dispatch paused) — the reason says why.
+    let status = match (created, job.reason.is_some()) {
+        (false, _) => StatusCode::OK,
+        (true, true) => StatusCode::ACCEPTED,
+        (true, false) => StatusCode::CREATED,
     };
     let mut body = json!({"id": job.id, "status": job.status.as_str(), "created": created});
     if let Some(reason) = &job.reason {
@@ -206,6 +213,107 @@ async fn cancel(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let job = rt.cancel(&id).await?;
     Ok(Json(json!({"id": job.id, "status": job.status.as_str()})))
+}
+
+#[derive(Deserialize)]
+struct FeedQuery {
+    unread: Option<bool>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn notifications(
+    State(rt): State<RuntimeHandle>,
+    Path(user): Path<String>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field(
+            "invalid_field",
+            "limit",
+            "must be a number from 1 to 500",
+        ));
+    }
+    let (list, next) =
+        rt.notifications(&user, q.unread.unwrap_or(false), limit, q.cursor.as_deref())?;
+    Ok(Json(json!({"notifications": list, "next_cursor": next})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn notifications_read(
+    State(rt): State<RuntimeHandle>,
+    Path(user): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body_or_error(body)?;
+    let b: ReadBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::field(
+            "invalid_field",
+            "",
+            format!("expected {{\"ids\": [...]}} or {{\"all\": true}}: {e}"),
+        )
+    })?;
+    let ids = match (b.ids, b.all) {
+        (Some(ids), false) => Some(ids),
+        (None, true) => None,
+        _ => {
+            return Err(ApiError::field(
+                "invalid_field",
+                "ids",
+                "give either ids or all: true",
+            ));
+        }
+    };
+    let changed = rt.mark_read(&user, ids.as_deref())?;
+    Ok(Json(json!({"marked_read": changed})))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    user_id: Option<String>,
+}
+
+/// Server-sent events: the user's notifications as they are made.
+async fn events(
+    State(rt): State<RuntimeHandle>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let user = q
+        .user_id
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::field("invalid_field", "user_id", "is required"))?;
+    let rx = rt.subscribe_notifications();
+    let stream = futures::stream::unfold((rx, user), |(mut rx, user)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(n) if n.user_id == user => {
+                    let event = Event::default()
+                        .event(n.kind.clone())
+                        .id(n.id.clone())
+                        .json_data(&n)
+                        .ok()?;
+                    return Some((Ok::<_, std::convert::Infallible>(event), (rx, user)));
+                }
+                Ok(_) => continue,
+                // A slow reader missed some; the feed endpoint has them all.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream.boxed())
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn require_admin(

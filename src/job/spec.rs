@@ -278,18 +278,8 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
     let webhook = match raw.notify.and_then(|n| n.webhook) {
         None => None,
         Some(url) => {
-            let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && url.len() <= 2048
-                && url
-                    .split("://")
-                    .nth(1)
-                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-            if !ok {
-                return Err(SpecError::field(
-                    "notify.webhook",
-                    "must be an http(s) URL with a host",
-                ));
-            }
+            crate::notify::webhook::validate_url(&url)
+                .map_err(|why| SpecError::field("notify.webhook", why))?;
             Some(url)
         }
     };

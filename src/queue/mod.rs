@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::BreakerView;
 use crate::clock::now_ms;
 use crate::job::{Attempt, Job, JobError, JobSpec, JobStatus};
+use crate::notify::NotifierLink;
 use crate::pool::WorkerMsg;
 use crate::store::{Lease, Store, StoreError, Ticket};
 
@@ -94,6 +95,7 @@ pub struct QueueArgs {
     pub events: broadcast::Sender<JobEvent>,
     pub max_attempts: u32,
     pub breaker: watch::Receiver<BreakerView>,
+    pub notifier: NotifierLink,
     /// Jobs allowed to run at once while the breaker probes.
     pub probes: usize,
 }
@@ -103,6 +105,7 @@ pub struct QueueState {
     events: broadcast::Sender<JobEvent>,
     max_attempts: u32,
     breaker: watch::Receiver<BreakerView>,
+    notifier: NotifierLink,
     probes: usize,
     idle: VecDeque<ActorRef<WorkerMsg>>,
     /// worker -> (job seq, cancel token)
@@ -132,6 +135,7 @@ impl Actor for QueueActor {
             events: args.events,
             max_attempts: args.max_attempts,
             breaker: args.breaker,
+            notifier: args.notifier,
             probes: args.probes,
             idle: VecDeque::new(),
             running: HashMap::new(),
@@ -264,11 +268,19 @@ impl QueueState {
             status: job.status,
             at_ms: job.updated_at_ms,
         });
+        self.notifier.job(job);
     }
 
     fn submit(&mut self, spec: JobSpec) -> Result<Submitted, QueueError> {
         let seq = self.store.next_seq()?;
-        let job = Job::new(seq, spec, now_ms());
+        let now = now_ms();
+        let mut job = Job::new(seq, spec, now);
+        // Accepted while the provider is down: the user hears why it waits.
+        if self.breaker.borrow().refuses(now) {
+            job.reason = Some("provider unavailable, waiting for recovery".into());
+        } else if self.paused {
+            job.reason = Some("dispatch is paused by an admin".into());
+        }
         let existing = self.store.insert_job(&job)?;
         let ticket = self.store.ticket();
         if let Some(first) = existing {

@@ -21,6 +21,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::job::{Job, JobStatus};
+use crate::notify::Notification;
 pub use durability::Ticket;
 
 const SCHEMA_VERSION: u64 = 1;
@@ -80,6 +81,7 @@ struct Inner {
     leases: sled::Tree,
     by_user: sled::Tree,
     idempotency: sled::Tree,
+    notifications: sled::Tree,
     kv: sled::Tree,
     durability: durability::GroupCommit,
     inline_flush: bool,
@@ -154,6 +156,7 @@ impl Store {
             leases: db.open_tree("leases")?,
             by_user: db.open_tree("by_user")?,
             idempotency: db.open_tree("idempotency")?,
+            notifications: db.open_tree("notifications")?,
             kv: db.open_tree("kv")?,
             durability: durability::GroupCommit::default(),
             inline_flush: false,
@@ -162,6 +165,11 @@ impl Store {
         Ok(Store {
             inner: Arc::new(inner),
         })
+    }
+
+    /// How many handles to this store exist (the database closes when the last one drops).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// A fresh, monotonically increasing job sequence number.
@@ -472,6 +480,78 @@ impl Store {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Add a notification to a user's feed; returns its key.
+    pub fn insert_notification(&self, user: &str, seq: u64, n: &Notification) -> Result<Vec<u8>> {
+        let key = user_key(user, seq);
+        self.inner.notifications.insert(key.as_slice(), encode(n))?;
+        Ok(key)
+    }
+
+    /// Change a stored notification in place (webhook delivery records).
+    pub fn update_notification(&self, key: &[u8], f: impl Fn(&mut Notification)) -> Result<()> {
+        self.inner.notifications.fetch_and_update(key, |old| {
+            let mut n: Notification = serde_json::from_slice(old?).ok()?;
+            f(&mut n);
+            Some(encode(&n))
+        })?;
+        Ok(())
+    }
+
+    /// A user's notifications, newest first, starting below `before` (a seq cursor).
+    pub fn list_notifications(
+        &self,
+        user: &str,
+        unread_only: bool,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<Notification>, Option<u64>)> {
+        let start = user_key(user, 0);
+        let end = user_key(user, before.unwrap_or(u64::MAX));
+        let range = if before.is_some() {
+            self.inner.notifications.range(start..end)
+        } else {
+            self.inner.notifications.range(start..=end)
+        };
+        let mut out: Vec<(u64, Notification)> = Vec::new();
+        for item in range.rev() {
+            let (k, v) = item?;
+            let n: Notification = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: format!("notifications/{}", hex::encode(&k)),
+                why: e.to_string(),
+            })?;
+            if unread_only && n.read {
+                continue;
+            }
+            if out.len() == limit {
+                let next = out.last().map(|(s, _)| *s);
+                return Ok((out.into_iter().map(|(_, n)| n).collect(), next));
+            }
+            out.push((seq_from(&k[k.len() - 8..])?, n));
+        }
+        Ok((out.into_iter().map(|(_, n)| n).collect(), None))
+    }
+
+    /// Mark a user's notifications read: the given ids, or all when `ids` is None. Returns how
+    /// many changed.
+    pub fn mark_read(&self, user: &str, ids: Option<&[String]>) -> Result<usize> {
+        let start = user_key(user, 0);
+        let end = user_key(user, u64::MAX);
+        let mut changed = 0;
+        for item in self.inner.notifications.range(start..=end) {
+            let (k, v) = item?;
+            let Ok(mut n) = serde_json::from_slice::<Notification>(&v) else {
+                continue;
+            };
+            let wanted = ids.is_none_or(|ids| ids.contains(&n.id));
+            if wanted && !n.read {
+                n.read = true;
+                self.inner.notifications.insert(k, encode(&n))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// All jobs, in seq order (for stats and tests; O(n)).

@@ -7,6 +7,8 @@ mod crash;
 mod e2b;
 mod isolation;
 mod local;
+mod notify;
 mod queue;
 mod ratelimit;
 mod support;
+mod webhook;
