@@ -28,6 +28,23 @@ use crate::runtime::{BreakerAction, RuntimeHandle};
 /// The longest `?wait=` a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// Every admin route (method, path under /v1/admin); all of them require the admin token.
+/// `router` registers exactly these, and a test walks this list.
+pub const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/breaker"),
+    ("POST", "/breaker/reset"),
+    ("POST", "/breaker/open"),
+    ("GET", "/faults"),
+    ("PUT", "/faults"),
+    ("GET", "/queue"),
+    ("POST", "/queue/pause"),
+    ("POST", "/queue/resume"),
+    ("GET", "/jobs"),
+    ("POST", "/jobs/{id}/retry"),
+    ("POST", "/cleanup"),
+    ("GET", "/ratelimits"),
+];
+
 pub fn router(rt: RuntimeHandle) -> Router {
     let limit = rt.settings().max_body_bytes;
     let admin = Router::new()
@@ -45,6 +62,7 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route_layer(middleware::from_fn_with_state(rt.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/admin", get(dashboard))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -72,7 +90,13 @@ pub async fn serve(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
+}
+
+/// The operator dashboard: one self-contained page (no external assets); it asks for the admin
+/// token and sends it on every admin call, so the page itself needs none.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -45,7 +45,6 @@ enum CallError {
     Failed(ProviderError),
     /// The breaker is open: the provider is considered down.
     Unavailable {
-        retry_at_ms: Option<u64>,
         last: Option<ProviderError>,
     },
     /// The rate limiter holds the call until `until_ms`.
@@ -160,13 +159,16 @@ fn classify(e: CallError, step: Option<usize>) -> StepFailure {
             },
             counted: false,
         },
-        CallError::Unavailable { retry_at_ms, last } => {
+        // The breaker's probe time is not used as the job's run time: the queue holds every
+        // job while the breaker refuses and releases them the moment it closes (a reset, or a
+        // probe that succeeded), which a future run time would delay.
+        CallError::Unavailable { last } => {
             let message = match last {
                 Some(e) => format!("circuit breaker is open; last error: {}", e.message()),
                 None => "circuit breaker is open".to_string(),
             };
             StepFailure::Unavailable {
-                retry_at_ms,
+                retry_at_ms: Some(crate::clock::now_ms()),
                 err: JobError {
                     category: "unavailable".into(),
                     message,
@@ -408,7 +410,7 @@ where
         }
         let permit = match ctx.breaker.acquire().await {
             Ok(p) => p,
-            Err(retry_at_ms) => return Err(CallError::Unavailable { retry_at_ms, last }),
+            Err(_) => return Err(CallError::Unavailable { last }),
         };
         let outcome = tokio::select! {
             _ = cancel.cancelled() => {

@@ -156,3 +156,37 @@ async fn an_open_breaker_stays_open_across_a_restart() {
     assert!(view.next_probe_at_ms.is_some(), "{view:?}");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_reset_releases_waiting_jobs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start_with_provider(
+        paused_settings(dir.path()),
+        Arc::new(MemProvider::default()),
+    )
+    .await
+    .unwrap();
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(rt.submit(run_spec(&format!("r{i}"))).await.unwrap().0.id);
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(rt.breaker().await.unwrap().state, "open");
+    rt.faults().set(Faults::default());
+    rt.breaker_control(sandwarden::runtime::BreakerAction::Reset)
+        .await
+        .unwrap();
+    // Well before the 60 s probe time, and within the requeue backoff of counted runs (<= 10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for id in &ids {
+        let job = rt.get(id).unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Completed, "{job:?}");
+    }
+    rt.shutdown().await.unwrap();
+}

@@ -4,6 +4,7 @@ mod api;
 mod binary;
 mod breaker;
 mod crash;
+mod dashboard;
 mod e2b;
 mod isolation;
 mod local;
