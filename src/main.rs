@@ -49,6 +49,47 @@ enum Command {
         #[arg(long, env = "E2B_EMULATOR_API_KEY")]
         api_key: Option<String>,
     },
+    /// Admin REPL against a running service (a script on stdin runs non-interactively).
+    Admin {
+        #[arg(long, env = "SANDWARDEN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "SANDWARDEN_TOKEN")]
+        token: Option<String>,
+        /// History file (default ~/.sandwarden_history).
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
+    /// Submit a job from a JSON file; with --wait, follow it and exit with its outcome.
+    Submit {
+        job: PathBuf,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, env = "SANDWARDEN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "SANDWARDEN_TOKEN")]
+        token: Option<String>,
+    },
+    /// Show one job.
+    Job {
+        id: String,
+        #[arg(long, env = "SANDWARDEN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "SANDWARDEN_TOKEN")]
+        token: Option<String>,
+    },
+    /// List jobs: a user's with --user, else all (admin token needed).
+    Jobs {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, env = "SANDWARDEN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "SANDWARDEN_TOKEN")]
+        token: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -64,6 +105,10 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Client commands talk to a running service and need no configuration of their own.
+    if let Some(code) = client_command(&cli.command) {
+        return code;
+    }
     let overrides = Overrides {
         config: cli.config.clone(),
         listen: cli.listen.clone(),
@@ -105,6 +150,12 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::Admin { .. }
+        | Command::Submit { .. }
+        | Command::Job { .. }
+        | Command::Jobs { .. } => {
+            unreachable!("client commands are handled before configuration is loaded")
         }
         Command::Emulate { addr, api_key } => {
             telemetry::init_logging(settings.log_format);
@@ -185,6 +236,89 @@ async fn serve(settings: sandwarden::Settings) -> anyhow::Result<()> {
     let _ = server.await;
     handle.shutdown().await.context("shutdown")?;
     outcome
+}
+
+fn client_command(command: &Command) -> Option<ExitCode> {
+    use sandwarden::cli::client::{AdminClient, JobQuery};
+    use sandwarden::cli::{repl, submit};
+    let client = matches!(
+        command,
+        Command::Admin { .. } | Command::Submit { .. } | Command::Job { .. } | Command::Jobs { .. }
+    );
+    if !client {
+        return None;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("could not start the async runtime: {e}");
+            return Some(ExitCode::FAILURE);
+        }
+    };
+    let code: anyhow::Result<i32> = match command {
+        Command::Admin {
+            url,
+            token,
+            history,
+        } => rt.block_on(async {
+            use std::io::IsTerminal;
+            let client = AdminClient::new(url.clone(), token.clone());
+            if std::io::stdin().is_terminal() {
+                let history = history.clone().or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".sandwarden_history"))
+                });
+                repl::run_repl(&client, history).await.map(|_| 0)
+            } else {
+                let failed =
+                    repl::run_script(&client, std::io::stdin().lock(), &mut std::io::stdout())
+                        .await?;
+                Ok(i32::from(failed > 0))
+            }
+        }),
+        Command::Submit {
+            job,
+            wait,
+            url,
+            token,
+        } => rt.block_on(submit::submit(
+            url,
+            token.as_deref(),
+            job,
+            *wait,
+            &mut std::io::stdout(),
+        )),
+        Command::Job { id, url, token } => rt.block_on(async {
+            let client = AdminClient::new(url.clone(), token.clone());
+            submit::show_job(&client, id, &mut std::io::stdout()).await
+        }),
+        Command::Jobs {
+            user,
+            status,
+            limit,
+            url,
+            token,
+        } => rt.block_on(async {
+            let client = AdminClient::new(url.clone(), token.clone());
+            let query = JobQuery {
+                user: user.clone(),
+                status: status.clone(),
+                limit: Some(*limit),
+                cursor: None,
+            };
+            submit::list_jobs(&client, &query, &mut std::io::stdout()).await
+        }),
+        _ => return None,
+    };
+    Some(match code {
+        Ok(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("sandwarden: {e:#}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 async fn emulate(

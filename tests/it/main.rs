@@ -3,6 +3,7 @@
 mod api;
 mod binary;
 mod breaker;
+mod cli;
 mod crash;
 mod dashboard;
 mod e2b;
