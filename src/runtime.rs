@@ -281,6 +281,24 @@ impl Actor for RootSupervisor {
 
 /// Entry point for embedding: `Runtime::start(settings)` runs the whole tree in the current
 /// tokio runtime and returns a handle.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use sandwarden::{Runtime, Settings};
+///
+/// let dir = tempfile::tempdir()?;
+/// let runtime = Runtime::start(Settings::with_data_dir(dir.path())).await?;
+/// let spec = sandwarden::job::spec::parse(
+///     br#"{"user_id": "u", "steps": [{"run": {"cmd": "echo hi"}}]}"#,
+///     &Default::default(),
+/// )?;
+/// let (job, _) = runtime.submit(spec).await?;
+/// let done = runtime.wait(&job.id, Duration::from_secs(30)).await?.expect("job exists");
+/// assert_eq!(done.result.unwrap().steps[0].stdout.as_deref(), Some("hi\n"));
+/// runtime.shutdown().await?;
+/// # Ok(()) }
+/// ```
 pub struct Runtime;
 
 impl Runtime {

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod dashboard;
 mod e2b;
+mod embed;
 mod isolation;
 mod local;
 mod notify;
