@@ -65,7 +65,6 @@ fn actors(c: &mut Criterion) {
                 store: store.clone(),
             },
             sup.get_cell(),
-            Duration::from_secs(3600),
         )
         .await
         .unwrap();

@@ -94,7 +94,6 @@ pub struct RateLimitSettings {
     pub min_create_interval: Option<Duration>,
     pub default_cooldown: Duration,
     pub per_user: Option<u32>,
-    pub cleanup_every: Duration,
 }
 
 /// How to reach E2B (or a compatible emulator / self-hosted deployment).
@@ -128,8 +127,8 @@ pub struct Settings {
     pub create_timeout: Duration,
     /// Ended jobs are kept this long, then removed by the clean-up.
     pub retention: Duration,
-    pub cleanup_every: Duration,
     pub cleanup_batch: usize,
+    pub health: crate::health::HealthSettings,
     pub write_timeout: Duration,
     pub job_defaults: SpecDefaults,
     pub local: LocalLimits,
@@ -334,7 +333,6 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             .opt_uint("ratelimit.per_user", 0, 1_000_000_000)
             .filter(|n| *n > 0)
             .map(|n| n as u32),
-        cleanup_every: r.duration("ratelimit.cleanup_every", "1h"),
     };
     let mut settings = Settings {
         listen,
@@ -352,8 +350,24 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         max_read_bytes: r.uint("jobs.max_read_bytes", 10 << 20, 1, 1 << 30) as usize,
         create_timeout: r.duration("jobs.create_timeout", "60s"),
         retention: r.duration("jobs.retention", "7days"),
-        cleanup_every: r.duration("jobs.cleanup_every", "1h"),
         cleanup_batch: r.uint("jobs.cleanup_batch", 1000, 1, 1_000_000) as usize,
+        health: crate::health::HealthSettings {
+            schedules: crate::health::TASKS
+                .iter()
+                .zip(["*/5 * * * *", "*/2 * * * *", "0 * * * *", "0 2 * * *"])
+                .map(|(name, default)| {
+                    let key = format!("schedule.{name}");
+                    let text = r.string(&key, default);
+                    let cron = crate::health::Cron::parse(&text).unwrap_or_else(|e| {
+                        r.problem(&key, e);
+                        crate::health::Cron::parse(default).expect("defaults are valid")
+                    });
+                    (*name, cron)
+                })
+                .collect(),
+            max_pending: r.uint("health.max_pending", 1000, 1, u64::MAX) as usize,
+            max_pending_age: r.duration("health.max_pending_age", "15m"),
+        },
         write_timeout: r.duration("jobs.write_timeout", "30s"),
         job_defaults,
         local: LocalLimits {
@@ -650,7 +664,7 @@ pub fn render(s: &Settings) -> String {
         d(s.restart_window)
     );
     out += &format!(
-        "\n[jobs]\nmax_attempts = {}\nrun_timeout = {}\nread_timeout = {}\nmax_steps = {}\nmax_step_timeout = {}\nmax_output_bytes = {}\nmax_read_bytes = {}\ncreate_timeout = {}\nwrite_timeout = {}\nretention = {}\ncleanup_every = {}\ncleanup_batch = {}\n",
+        "\n[jobs]\nmax_attempts = {}\nrun_timeout = {}\nread_timeout = {}\nmax_steps = {}\nmax_step_timeout = {}\nmax_output_bytes = {}\nmax_read_bytes = {}\ncreate_timeout = {}\nwrite_timeout = {}\nretention = {}\ncleanup_batch = {}\n",
         s.max_attempts,
         d(j.run_timeout),
         d(j.read_timeout),
@@ -661,7 +675,6 @@ pub fn render(s: &Settings) -> String {
         d(s.create_timeout),
         d(s.write_timeout),
         d(s.retention),
-        d(s.cleanup_every),
         s.cleanup_batch
     );
     out += &format!(
@@ -702,7 +715,7 @@ pub fn render(s: &Settings) -> String {
     );
     let l = &s.ratelimit;
     out += &format!(
-        "\n[ratelimit]\nwindow = {}\nwarn_ratio = {}\nalert_ratio = {}\nblock_ratio = {}\nmax_concurrent_sandboxes = {}\nmin_create_interval = {}\ndefault_cooldown = {}\nper_user = {}\ncleanup_every = {}\n",
+        "\n[ratelimit]\nwindow = {}\nwarn_ratio = {}\nalert_ratio = {}\nblock_ratio = {}\nmax_concurrent_sandboxes = {}\nmin_create_interval = {}\ndefault_cooldown = {}\nper_user = {}\n",
         d(l.window),
         l.warn_ratio,
         l.alert_ratio,
@@ -710,8 +723,7 @@ pub fn render(s: &Settings) -> String {
         l.max_concurrent_sandboxes.unwrap_or(0),
         l.min_create_interval.map(d).unwrap_or("\"\"".into()),
         d(l.default_cooldown),
-        l.per_user.unwrap_or(0),
-        d(l.cleanup_every)
+        l.per_user.unwrap_or(0)
     );
     out += "\n[ratelimit.limits]\n";
     for op in Operation::ALL {
@@ -721,6 +733,15 @@ pub fn render(s: &Settings) -> String {
             l.limits.get(&op).copied().unwrap_or(0)
         );
     }
+    out += "\n[schedule]\n";
+    for (name, cron) in &s.health.schedules {
+        out += &format!("{name} = {:?}\n", cron.as_str());
+    }
+    out += &format!(
+        "\n[health]\nmax_pending = {}\nmax_pending_age = {}\n",
+        s.health.max_pending,
+        d(s.health.max_pending_age)
+    );
     let n = &s.notify;
     out += &format!(
         "\n[notify]\nwebhook_secret = {}\nwebhook_attempts = {}\nwebhook_backoff = {}\nwebhook_timeout = {}\n",

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod emulator;
+pub mod health;
 pub mod job;
 pub mod notify;
 pub mod pool;

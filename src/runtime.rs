@@ -7,7 +7,8 @@
 //! ├── RateLimiterActor
 //! ├── NotifierActor
 //! ├── QueueActor
-//! └── SandboxPool ── SandboxWorker x N
+//! ├── SandboxPool ── SandboxWorker x N
+//! └── HealthMonitorActor
 //! ```
 //! The children depend on each other's references, so a failure of any of them restarts all
 //! three (each rebuilds from the store in `pre_start`; in-flight jobs are re-leased). A worker
@@ -25,6 +26,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitBreakerActor};
 use crate::config::{IsolationKind, ProviderKind, Settings};
+use crate::health::{HealthArgs, HealthMonitorActor, HealthMsg, HealthReport, TaskRun, TaskView};
 use crate::job::{Job, JobSpec, JobStatus};
 use crate::notify::{Notification, NotifierActor, NotifierArgs, NotifierLink};
 use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
@@ -63,6 +65,7 @@ struct Links {
     breaker: BreakerLink,
     limiter: LimiterLink,
     pool: ActorRef<PoolMsg>,
+    health: ActorRef<HealthMsg>,
 }
 
 struct RootArgs {
@@ -124,7 +127,6 @@ impl RootSupervisor {
                 store: a.store.clone(),
             },
             myself.get_cell(),
-            a.settings.ratelimit.cleanup_every,
         )
         .await?;
         let (notifier, _) = Actor::spawn_linked(
@@ -145,7 +147,6 @@ impl RootSupervisor {
                 notifier: NotifierLink(notifier.clone()),
                 retention: a.settings.retention,
                 cleanup_batch: a.settings.cleanup_batch,
-                cleanup_every: a.settings.cleanup_every,
                 store: a.store.clone(),
                 events: a.events.clone(),
                 max_attempts: a.settings.max_attempts,
@@ -181,18 +182,37 @@ impl RootSupervisor {
             myself.get_cell(),
         )
         .await?;
+        let (health, _) = Actor::spawn_linked(
+            None,
+            HealthMonitorActor,
+            HealthArgs {
+                settings: a.settings.health.clone(),
+                store: a.store.clone(),
+                breaker: breaker.clone(),
+                limiter: limiter.clone(),
+                limiter_ref: limiter_ref.clone(),
+                queue: queue.clone(),
+                pool: pool.clone(),
+                workers: a.settings.workers,
+                provider: a.provider.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         state.children = vec![
             breaker_ref.get_cell(),
             limiter_ref.get_cell(),
             notifier.get_cell(),
             queue.get_cell(),
             pool.get_cell(),
+            health.get_cell(),
         ];
         let _ = a.links.send(Some(Links {
             queue,
             breaker,
             limiter,
             pool,
+            health,
         }));
         Ok(())
     }
@@ -725,6 +745,54 @@ impl RuntimeHandle {
 
     pub fn faults(&self) -> &Arc<FaultControl> {
         &self.inner.faults
+    }
+
+    /// The latest health report (a check runs first if none has yet).
+    pub async fn health(&self) -> Result<HealthReport, RuntimeError> {
+        let links = self.links().await?;
+        match links
+            .health
+            .call(HealthMsg::Report, Some(Duration::from_secs(30)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    /// The scheduled tasks with their schedules and last runs.
+    pub async fn tasks(&self) -> Result<Vec<TaskView>, RuntimeError> {
+        let links = self.links().await?;
+        match links
+            .health
+            .call(HealthMsg::Tasks, Some(CALL_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    /// Run a scheduled task now; `Ok(Err(_))` names an unknown task.
+    pub async fn run_task(&self, name: &str) -> Result<Result<TaskRun, String>, RuntimeError> {
+        let links = self.links().await?;
+        let name = name.to_string();
+        match links
+            .health
+            .call(
+                |r| HealthMsg::RunNow(name, r),
+                Some(Duration::from_secs(120)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            _ => Err(RuntimeError::Stopped),
+        }
+    }
+
+    /// Ready to take jobs: the actor tree is up.
+    pub fn ready(&self) -> bool {
+        self.inner.links.borrow().is_some()
     }
 
     pub async fn pool_size(&self) -> Result<usize, RuntimeError> {

@@ -43,6 +43,9 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/jobs/{id}/retry"),
     ("POST", "/cleanup"),
     ("GET", "/ratelimits"),
+    ("GET", "/health"),
+    ("GET", "/tasks"),
+    ("POST", "/tasks/{name}/run"),
 ];
 
 pub fn router(rt: RuntimeHandle) -> Router {
@@ -59,10 +62,14 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route("/jobs/{id}/retry", post(admin_retry))
         .route("/cleanup", post(admin_cleanup))
         .route("/ratelimits", get(ratelimits))
+        .route("/health", get(health))
+        .route("/tasks", get(tasks))
+        .route("/tasks/{name}/run", post(run_task))
         .route_layer(middleware::from_fn_with_state(rt.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/admin", get(dashboard))
+        .route("/readyz", get(readyz))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -97,6 +104,40 @@ async fn not_found() -> ApiError {
 /// token and sends it on every admin call, so the page itself needs none.
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("dashboard.html"))
+}
+
+/// Ready to take jobs (the actor tree is up); 503 while it starts, restarts or stops.
+async fn readyz(State(rt): State<RuntimeHandle>) -> Response {
+    if rt.ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the service is starting or restarting",
+        )
+        .into_response()
+    }
+}
+
+async fn health(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::to_value(rt.health().await?).expect("report serializes"),
+    ))
+}
+
+async fn tasks(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"tasks": rt.tasks().await?})))
+}
+
+async fn run_task(
+    State(rt): State<RuntimeHandle>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match rt.run_task(&name).await? {
+        Ok(run) => Ok(Json(serde_json::to_value(run).expect("run serializes"))),
+        Err(why) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", why)),
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

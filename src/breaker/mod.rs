@@ -255,6 +255,23 @@ impl BreakerActorState {
             tracing::error!(error = %e, "could not persist the breaker");
         }
         if let Some(t) = transition {
+            match (t.from, t.to) {
+                (BreakerState::Closed, BreakerState::Open) => {
+                    crate::health::alerts::breaker_opened(
+                        &self.provider,
+                        t.consecutive_failures,
+                        self.last_error.as_deref(),
+                    )
+                }
+                (BreakerState::HalfOpen, BreakerState::Open) => {
+                    crate::health::alerts::probe_failed(
+                        &self.provider,
+                        t.consecutive_failures,
+                        self.last_error.as_deref(),
+                    )
+                }
+                _ => {}
+            }
             tracing::warn!(
                 provider = %self.provider,
                 from = t.from.as_str(),

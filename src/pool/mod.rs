@@ -81,6 +81,11 @@ impl SandboxPool {
                 window = %humantime::format_duration(window),
                 "worker restart storm: giving up"
             );
+            crate::health::alerts::restart_storm(&format!(
+                "worker restart storm: {} restarts within {}",
+                state.restarts.len() + 1,
+                humantime::format_duration(window)
+            ));
             return Err(format!(
                 "worker restart storm: more than {} restarts within {}",
                 state.args.restart_limit,

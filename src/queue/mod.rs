@@ -91,7 +91,6 @@ pub struct QueueArgs {
     /// Ended jobs older than this are removed by `Cleanup`, at most `cleanup_batch` a run.
     pub retention: Duration,
     pub cleanup_batch: usize,
-    pub cleanup_every: Duration,
     pub events: broadcast::Sender<JobEvent>,
     pub max_attempts: u32,
     pub breaker: watch::Receiver<BreakerView>,
@@ -128,7 +127,6 @@ impl Actor for QueueActor {
         myself: ActorRef<QueueMsg>,
         args: QueueArgs,
     ) -> Result<QueueState, ActorProcessingErr> {
-        let args_cleanup_every = args.cleanup_every;
         let paused = args.store.get_record::<bool>(PAUSED_KEY)?.unwrap_or(false);
         let state = QueueState {
             store: args.store,
@@ -161,19 +159,12 @@ impl Actor for QueueActor {
         let mut watch = state.breaker.clone();
         let me = myself.clone();
         let stop = state.stop.clone();
-        let cleanup_every = args_cleanup_every;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            // The first clean-up comes one period after start, not during it.
-            let mut cleanup = tokio::time::interval_at(
-                tokio::time::Instant::now() + cleanup_every,
-                cleanup_every,
-            );
             loop {
                 let msg = tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => QueueMsg::Tick,
-                    _ = cleanup.tick() => QueueMsg::Cleanup(None),
                     changed = watch.changed() => if changed.is_err() { break } else { QueueMsg::Tick },
                 };
                 if me.cast(msg).is_err() {

@@ -5,7 +5,8 @@
 //! starts/stops (casts). A refusal is not a failure: the worker waits a short while, or hands
 //! the job back to the queue with the time capacity frees. Usage is written to the store at
 //! most once a second while it changes (and at stop), so a restart does not hand out a fresh
-//! window; records older than their window are pruned on a schedule.
+//! window; records older than their window are pruned when the health monitor's
+//! `ratelimit_cleanup` task says so.
 
 pub mod policy;
 
@@ -259,6 +260,9 @@ impl LimiterState {
                     "rate usage passed the {kind} mark"
                 ),
             }
+            if kind == "alert" {
+                crate::health::alerts::rate_usage(op.as_str(), used, limit);
+            }
             self.events.push_back(LimitEvent {
                 at_ms: now_ms(),
                 kind,
@@ -317,10 +321,8 @@ impl RateLimiterActor {
     pub async fn start(
         args: LimiterArgs,
         supervisor: ractor::ActorCell,
-        prune_every: Duration,
     ) -> Result<(LimiterLink, ActorRef<LimiterMsg>), ractor::SpawnErr> {
-        let (actor, _) =
-            Actor::spawn_linked(None, RateLimiterActor, (args, prune_every), supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, RateLimiterActor, args, supervisor).await?;
         Ok((
             LimiterLink {
                 actor: actor.clone(),
@@ -333,12 +335,12 @@ impl RateLimiterActor {
 impl Actor for RateLimiterActor {
     type Msg = LimiterMsg;
     type State = LimiterState;
-    type Arguments = (LimiterArgs, Duration);
+    type Arguments = LimiterArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<LimiterMsg>,
-        (args, prune_every): Self::Arguments,
+        args: LimiterArgs,
     ) -> Result<LimiterState, ActorProcessingErr> {
         let cfg = config_from(&args.settings);
         let limiter = match args.store.get_record::<StoredUsage>(STORE_KEY)? {
@@ -350,12 +352,10 @@ impl Actor for RateLimiterActor {
         let token = stop.clone();
         tokio::spawn(async move {
             let mut persist = tokio::time::interval(PERSIST_EVERY);
-            let mut prune = tokio::time::interval(prune_every);
             loop {
                 let msg = tokio::select! {
                     _ = token.cancelled() => break,
                     _ = persist.tick() => LimiterMsg::Persist,
-                    _ = prune.tick() => LimiterMsg::Prune,
                 };
                 if me.cast(msg).is_err() {
                     break;

@@ -257,7 +257,11 @@ async fn cleanup_removes_only_jobs_past_retention() {
     let mut settings = crate::support::paused_settings(dir.path());
     settings.retention = Duration::from_secs(3600);
     // Only the explicit run below cleans up.
-    settings.cleanup_every = Duration::from_secs(24 * 3600);
+    for (name, cron) in settings.health.schedules.iter_mut() {
+        if *name == "job_cleanup" {
+            *cron = sandwarden::health::Cron::parse("0 0 1 1 *").unwrap();
+        }
+    }
     let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
         .await
         .unwrap();

@@ -1,0 +1,214 @@
+//! The health monitor: schedules on a simulated day, a missed schedule at start, the health
+//! report for each cause, and Sentry alerts through the sentry crate's test transport.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandwarden::Runtime;
+use sandwarden::provider::faults::Faults;
+use sandwarden::ratelimit::policy::Operation;
+use sandwarden::runtime::BreakerAction;
+
+use crate::support::{MemProvider, paused_settings, run_spec};
+
+async fn runs(rt: &sandwarden::RuntimeHandle, name: &str) -> u64 {
+    rt.tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == name)
+        .unwrap()
+        .runs
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_schedule_fires_at_its_times_over_a_simulated_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start_with_provider(
+        paused_settings(dir.path()),
+        Arc::new(MemProvider::default()),
+    )
+    .await
+    .unwrap();
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let (health, sweep, limits, jobs) = (
+        runs(&rt, "health").await,
+        runs(&rt, "queue_sweep").await,
+        runs(&rt, "ratelimit_cleanup").await,
+        runs(&rt, "job_cleanup").await,
+    );
+    // Every 5 min, every 2 min, hourly, daily at 02:00 (each +-1 for where the day starts).
+    assert!((287..=289).contains(&health), "health ran {health} times");
+    assert!(
+        (719..=721).contains(&sweep),
+        "queue_sweep ran {sweep} times"
+    );
+    assert!(
+        (23..=25).contains(&limits),
+        "ratelimit_cleanup ran {limits} times"
+    );
+    assert_eq!(jobs, 1, "job_cleanup ran {jobs} times");
+    let tasks = rt.tasks().await.unwrap();
+    let cleanup = tasks.iter().find(|t| t.name == "job_cleanup").unwrap();
+    let last = cleanup.last.as_ref().unwrap();
+    assert!(last.outcome.starts_with("ok"), "{last:?}");
+    assert_eq!(
+        (last.at_ms / 60_000) % 1440,
+        120,
+        "job_cleanup runs at 02:00 UTC"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_missed_while_down_runs_once_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rt = Runtime::start_with_provider(
+            paused_settings(dir.path()),
+            Arc::new(MemProvider::default()),
+        )
+        .await
+        .unwrap();
+        rt.run_task("ratelimit_cleanup").await.unwrap().unwrap();
+        rt.shutdown().await.unwrap();
+    }
+    // Down for two hours: two hourly runs were missed.
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    let rt = Runtime::start_with_provider(
+        paused_settings(dir.path()),
+        Arc::new(MemProvider::default()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        runs(&rt, "ratelimit_cleanup").await,
+        1,
+        "the missed task runs once at start, not once per miss"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_health_report_follows_each_cause_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = paused_settings(dir.path());
+    settings.ratelimit.limits.insert(Operation::Create, 2);
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    let check = |rt: sandwarden::RuntimeHandle| async move {
+        rt.run_task("health").await.unwrap().unwrap();
+        rt.health().await.unwrap()
+    };
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "healthy", "{r:?}");
+
+    rt.breaker_control(BreakerAction::Open).await.unwrap();
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "unhealthy", "{r:?}");
+    assert!(
+        r.reasons
+            .iter()
+            .any(|x| x.contains("circuit breaker is forced open")),
+        "{r:?}"
+    );
+    rt.breaker_control(BreakerAction::Reset).await.unwrap();
+    assert_eq!(check(rt.clone()).await.status, "healthy");
+
+    for i in 0..2 {
+        let id = rt.submit(run_spec(&format!("q{i}"))).await.unwrap().0.id;
+        rt.wait(&id, Duration::from_secs(30)).await.unwrap();
+    }
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "degraded", "{r:?}");
+    assert!(
+        r.reasons
+            .iter()
+            .any(|x| x.contains("sandbox_create at 100")),
+        "{r:?}"
+    );
+
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "unhealthy", "{r:?}");
+    assert!(!r.provider_reachable);
+    rt.faults().set(Faults::default());
+
+    // An hour later the quota window has freed.
+    tokio::time::sleep(Duration::from_secs(3601)).await;
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "healthy", "{r:?}");
+    assert_eq!(r.workers_alive, Some(r.workers_configured));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn sentry_gets_one_event_per_incident() {
+    let transport = sentry::test::TestTransport::new();
+    let _guard = sentry::init(sentry::ClientOptions {
+        dsn: Some("https://public@sentry.invalid/1".parse().unwrap()),
+        transport: Some(Arc::new(transport.clone())),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = paused_settings(dir.path());
+    settings.ratelimit.limits.insert(Operation::Run, 20);
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+
+    // 19 of 20 runs: 95 % passes the 90 % mark once.
+    for i in 0..19 {
+        let id = rt.submit(run_spec(&format!("s{i}"))).await.unwrap().0.id;
+        rt.wait(&id, Duration::from_secs(30)).await.unwrap();
+    }
+    // An outage opens the breaker; a probe a minute later fails.
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    for i in 0..3 {
+        rt.submit(run_spec(&format!("o{i}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(rt.breaker().await.unwrap().state, "open");
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    rt.shutdown().await.unwrap();
+
+    let events = transport.fetch_and_clear_events();
+    let of = |alert: &str| {
+        events
+            .iter()
+            .filter(|e| e.tags.get("alert").map(String::as_str) == Some(alert))
+            .collect::<Vec<_>>()
+    };
+    let rate = of("rate_usage");
+    assert_eq!(rate.len(), 1, "{events:#?}");
+    assert_eq!(rate[0].level, sentry::Level::Warning);
+    assert_eq!(
+        rate[0].tags.get("operation").map(String::as_str),
+        Some("command_run")
+    );
+    let opened = of("breaker_opened");
+    assert_eq!(opened.len(), 1, "{events:#?}");
+    assert_eq!(opened[0].level, sentry::Level::Error);
+    assert_eq!(
+        opened[0].tags.get("provider").map(String::as_str),
+        Some("mem")
+    );
+    assert!(opened[0].extra.contains_key("consecutive_failures"));
+    let probes = of("probe_failed");
+    assert!(!probes.is_empty(), "{events:#?}");
+    assert!(probes.iter().all(|e| e.level == sentry::Level::Error));
+}
