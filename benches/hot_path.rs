@@ -54,6 +54,7 @@ fn actors(c: &mut Criterion) {
                 provider: "bench".into(),
                 settings: settings.breaker.clone(),
                 store: store.clone(),
+                metrics: Default::default(),
             },
             sup.get_cell(),
         )
@@ -63,6 +64,7 @@ fn actors(c: &mut Criterion) {
             sandwarden::ratelimit::LimiterArgs {
                 settings: settings.ratelimit.clone(),
                 store: store.clone(),
+                metrics: Default::default(),
             },
             sup.get_cell(),
         )

@@ -116,6 +116,8 @@ pub struct Settings {
     pub provider: ProviderKind,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
+    /// `/metrics` requires the admin token too.
+    pub metrics_require_token: bool,
     pub admin_token: Option<String>,
     pub sentry_dsn: Option<String>,
     pub workers: usize,
@@ -340,6 +342,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         provider,
         log_format,
         max_body_bytes: r.uint("api.max_body_bytes", 1 << 20, 1024, 1 << 30) as usize,
+        metrics_require_token: r.boolean("api.metrics_require_token", false),
         admin_token: r.opt_string("admin_token"),
         sentry_dsn: r.opt_string("sentry_dsn"),
         workers: r.uint("workers.count", 4, 1, 1024) as usize,
@@ -656,7 +659,10 @@ pub fn render(s: &Settings) -> String {
         mask(&s.admin_token),
         mask(&s.sentry_dsn)
     );
-    out += &format!("\n[api]\nmax_body_bytes = {}\n", s.max_body_bytes);
+    out += &format!(
+        "\n[api]\nmax_body_bytes = {}\nmetrics_require_token = {}\n",
+        s.max_body_bytes, s.metrics_require_token
+    );
     out += &format!(
         "\n[workers]\ncount = {}\nrestart_limit = {}\nrestart_window = {}\n",
         s.workers,

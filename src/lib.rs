@@ -16,6 +16,7 @@ pub mod config;
 pub mod emulator;
 pub mod health;
 pub mod job;
+pub mod metrics;
 pub mod notify;
 pub mod pool;
 pub mod provider;

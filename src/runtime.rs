@@ -28,6 +28,7 @@ use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitB
 use crate::config::{IsolationKind, ProviderKind, Settings};
 use crate::health::{HealthArgs, HealthMonitorActor, HealthMsg, HealthReport, TaskRun, TaskView};
 use crate::job::{Job, JobSpec, JobStatus};
+use crate::metrics::Metrics;
 use crate::notify::{Notification, NotifierActor, NotifierArgs, NotifierLink};
 use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
 use crate::provider::Provider;
@@ -74,6 +75,7 @@ struct RootArgs {
     provider: Arc<dyn Provider>,
     events: broadcast::Sender<JobEvent>,
     live: broadcast::Sender<Notification>,
+    metrics: Arc<Metrics>,
     links: watch::Sender<Option<Links>>,
     exit: Arc<Mutex<Option<String>>>,
     instance: String,
@@ -117,6 +119,7 @@ impl RootSupervisor {
                 provider: a.provider.name().to_string(),
                 settings: a.settings.breaker.clone(),
                 store: a.store.clone(),
+                metrics: a.metrics.clone(),
             },
             myself.get_cell(),
         )
@@ -125,6 +128,7 @@ impl RootSupervisor {
             LimiterArgs {
                 settings: a.settings.ratelimit.clone(),
                 store: a.store.clone(),
+                metrics: a.metrics.clone(),
             },
             myself.get_cell(),
         )
@@ -136,6 +140,7 @@ impl RootSupervisor {
                 store: a.store.clone(),
                 settings: a.settings.notify.clone(),
                 live: a.live.clone(),
+                metrics: a.metrics.clone(),
             },
             myself.get_cell(),
         )
@@ -144,6 +149,7 @@ impl RootSupervisor {
             None,
             QueueActor,
             QueueArgs {
+                metrics: a.metrics.clone(),
                 notifier: NotifierLink(notifier.clone()),
                 retention: a.settings.retention,
                 cleanup_batch: a.settings.cleanup_batch,
@@ -161,6 +167,7 @@ impl RootSupervisor {
             retry: retry_policy(&a.settings),
             breaker: breaker.clone(),
             limiter: limiter.clone(),
+            metrics: a.metrics.clone(),
             instance: a.instance.clone(),
             max_attempts: a.settings.max_attempts,
             max_output: a.settings.max_output_bytes,
@@ -395,6 +402,7 @@ impl Runtime {
         let provider: Arc<dyn Provider> = Arc::new(FaultyProvider::new(provider, faults.clone()));
         let (events, _) = broadcast::channel(4096);
         let (live, _) = broadcast::channel(1024);
+        let metrics = Arc::new(Metrics::default());
         let (links_tx, links_rx) = watch::channel(None);
         let exit = Arc::new(Mutex::new(None));
         let instance_for_handle = instance.clone();
@@ -407,6 +415,7 @@ impl Runtime {
                 provider,
                 events: events.clone(),
                 live: live.clone(),
+                metrics: metrics.clone(),
                 links: links_tx,
                 exit: exit.clone(),
                 instance,
@@ -420,6 +429,7 @@ impl Runtime {
                 store,
                 events,
                 live,
+                metrics,
                 links: links_rx,
                 root,
                 join: tokio::sync::Mutex::new(Some(join)),
@@ -513,6 +523,7 @@ struct HandleInner {
     store: Store,
     events: broadcast::Sender<JobEvent>,
     live: broadcast::Sender<Notification>,
+    metrics: Arc<Metrics>,
     links: watch::Receiver<Option<Links>>,
     root: ActorRef<()>,
     join: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -788,6 +799,10 @@ impl RuntimeHandle {
             Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
             _ => Err(RuntimeError::Stopped),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Ready to take jobs: the actor tree is up.

@@ -70,6 +70,7 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route("/healthz", get(healthz))
         .route("/admin", get(dashboard))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -104,6 +105,77 @@ async fn not_found() -> ApiError {
 /// token and sends it on every admin call, so the page itself needs none.
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("dashboard.html"))
+}
+
+/// Prometheus metrics: counters and histograms, plus gauges read from published state now.
+/// Open unless `api.metrics_require_token` is set.
+async fn metrics(
+    State(rt): State<RuntimeHandle>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if rt.settings().metrics_require_token {
+        check_admin(&rt, &headers)?;
+    }
+    let mut gauges: Vec<(&'static str, &'static str, crate::metrics::Labels, f64)> = Vec::new();
+    if let Ok(b) = rt.breaker().await {
+        gauges.push((
+            "sandwarden_breaker_state",
+            "1 for the circuit breaker's current state.",
+            vec![("provider", b.provider.clone()), ("state", b.state.into())],
+            1.0,
+        ));
+        gauges.push((
+            "sandwarden_breaker_consecutive_failures",
+            "Consecutive counted failures.",
+            vec![("provider", b.provider)],
+            f64::from(b.consecutive_failures),
+        ));
+    }
+    let census = rt.census()?;
+    for status in [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+        "dead",
+    ] {
+        let n = census.by_status.get(status).copied().unwrap_or(0);
+        gauges.push((
+            "sandwarden_queue_depth",
+            "Jobs by status.",
+            vec![("status", status.into())],
+            n as f64,
+        ));
+    }
+    if let Ok(l) = rt.limits().await {
+        for op in &l.operations {
+            if let Some(pct) = op.percent_used {
+                gauges.push((
+                    "sandwarden_rate_usage_ratio",
+                    "Share of the operation's limit used in the current window.",
+                    vec![("operation", op.operation.into())],
+                    pct / 100.0,
+                ));
+            }
+        }
+        gauges.push((
+            "sandwarden_live_sandboxes",
+            "Live sandboxes.",
+            vec![],
+            f64::from(l.live_sandboxes),
+        ));
+    }
+    if let Ok(n) = rt.pool_size().await {
+        gauges.push((
+            "sandwarden_workers_alive",
+            "Sandbox workers alive.",
+            vec![],
+            n as f64,
+        ));
+    }
+    let text = rt.metrics().render(&gauges);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// Ready to take jobs (the actor tree is up); 503 while it starts, restarts or stops.
@@ -386,9 +458,14 @@ async fn require_admin(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    check_admin(&rt, req.headers())?;
+    Ok(next.run(req).await)
+}
+
+/// Refuse unless the request carries the admin token (when one is set).
+fn check_admin(rt: &RuntimeHandle, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     if let Some(token) = &rt.settings().admin_token {
-        let given = req
-            .headers()
+        let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -401,7 +478,7 @@ async fn require_admin(
             ));
         }
     }
-    Ok(next.run(req).await)
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -127,6 +127,7 @@ pub struct BreakerArgs {
     pub provider: String,
     pub settings: BreakerSettings,
     pub store: Store,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub struct BreakerActorState {
@@ -135,6 +136,7 @@ pub struct BreakerActorState {
     store: Store,
     publish: watch::Sender<BreakerView>,
     last_error: Option<String>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub struct CircuitBreakerActor;
@@ -255,6 +257,10 @@ impl BreakerActorState {
             tracing::error!(error = %e, "could not persist the breaker");
         }
         if let Some(t) = transition {
+            self.metrics.inc(
+                "sandwarden_breaker_transitions_total",
+                vec![("to", t.to.as_str().into())],
+            );
             match (t.from, t.to) {
                 (BreakerState::Closed, BreakerState::Open) => {
                     crate::health::alerts::breaker_opened(
@@ -334,6 +340,7 @@ impl Actor for CircuitBreakerActor {
             store: args.store,
             publish,
             last_error: None,
+            metrics: args.metrics,
         };
         state.changed(None);
         Ok(state)

@@ -350,11 +350,16 @@ async fn check(a: &HealthArgs) -> HealthReport {
         Some(n) if n < a.workers => degraded.push(format!("{n} of {} workers alive", a.workers)),
         _ => {}
     }
-    let reachable = matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, a.provider.list()).await,
-        Ok(Ok(_))
-    );
-    if !reachable {
+    // While the breaker is not closed it owns contact with the provider (its probes are the
+    // reachability check, and its state is already a reason above); a call from here would be
+    // one more than the breaker allows.
+    let breaker_closed = matches!(breaker.state, "closed" | "disabled");
+    let reachable = breaker_closed
+        && matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, a.provider.list()).await,
+            Ok(Ok(_))
+        );
+    if !reachable && breaker_closed {
         unhealthy.push(format!("provider {} is unreachable", a.provider.name()));
     }
     let status = if !unhealthy.is_empty() {

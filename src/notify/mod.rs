@@ -73,6 +73,7 @@ pub struct NotifierArgs {
     pub store: Store,
     pub settings: NotifySettings,
     pub live: broadcast::Sender<Notification>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub struct NotifierState {
@@ -82,6 +83,7 @@ pub struct NotifierState {
     http: reqwest::Client,
     /// The last kind told per job, so that each is told once; dropped when the job ends.
     told: HashMap<String, &'static str>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The kind of notification a job's state calls for, if any.
@@ -149,6 +151,7 @@ impl Actor for NotifierActor {
             live: args.live,
             http,
             told: HashMap::new(),
+            metrics: args.metrics,
         })
     }
 
@@ -200,6 +203,10 @@ impl NotifierState {
         };
         let key = self.store.insert_notification(&n.user_id, seq, &n)?;
         tracing::info!(job_id = %job.id, user_id = %n.user_id, kind, "notification");
+        self.metrics.inc(
+            "sandwarden_notifications_total",
+            vec![("kind", kind.into())],
+        );
         let _ = self.live.send(n.clone());
         if let Some(url) = job.spec.webhook.clone() {
             let body = serde_json::json!({

@@ -27,6 +27,7 @@ pub struct WorkerContext {
     pub retry: RetryPolicy,
     pub breaker: BreakerLink,
     pub limiter: LimiterLink,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub instance: String,
     pub max_attempts: u32,
     pub max_output: usize,
@@ -412,6 +413,7 @@ where
             Ok(p) => p,
             Err(_) => return Err(CallError::Unavailable { last }),
         };
+        let call_started = tokio::time::Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => {
                 ctx.breaker.release(permit);
@@ -432,6 +434,14 @@ where
                 .as_ref()
                 .map(|_| ())
                 .map_err(|e| (e.category(), e.message().to_string())),
+        );
+        ctx.metrics.provider_call(
+            op.as_str(),
+            outcome
+                .as_ref()
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.category().as_str()),
+            call_started.elapsed(),
         );
         match &outcome {
             Err(e) if e.category() == ErrorCategory::RateLimited => {

@@ -95,6 +95,7 @@ pub struct QueueArgs {
     pub max_attempts: u32,
     pub breaker: watch::Receiver<BreakerView>,
     pub notifier: NotifierLink,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Jobs allowed to run at once while the breaker probes.
     pub probes: usize,
 }
@@ -105,6 +106,7 @@ pub struct QueueState {
     max_attempts: u32,
     breaker: watch::Receiver<BreakerView>,
     notifier: NotifierLink,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     probes: usize,
     idle: VecDeque<ActorRef<WorkerMsg>>,
     /// worker -> (job seq, cancel token)
@@ -134,6 +136,7 @@ impl Actor for QueueActor {
             max_attempts: args.max_attempts,
             breaker: args.breaker,
             notifier: args.notifier,
+            metrics: args.metrics,
             probes: args.probes,
             idle: VecDeque::new(),
             running: HashMap::new(),
@@ -260,6 +263,10 @@ impl QueueState {
             at_ms: job.updated_at_ms,
         });
         self.notifier.job(job);
+        self.metrics.inc(
+            "sandwarden_job_transitions_total",
+            vec![("status", job.status.as_str().into())],
+        );
     }
 
     fn submit(&mut self, spec: JobSpec) -> Result<Submitted, QueueError> {

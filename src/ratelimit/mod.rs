@@ -124,6 +124,7 @@ impl LimiterLink {
 pub struct LimiterArgs {
     pub settings: RateLimitSettings,
     pub store: Store,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub struct LimiterState {
@@ -132,6 +133,7 @@ pub struct LimiterState {
     dirty: bool,
     events: VecDeque<LimitEvent>,
     stop: CancellationToken,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub fn config_from(s: &RateLimitSettings) -> LimiterConfig {
@@ -368,6 +370,7 @@ impl Actor for RateLimiterActor {
             dirty: false,
             events: VecDeque::new(),
             stop,
+            metrics: args.metrics,
         })
     }
 
@@ -395,6 +398,16 @@ impl Actor for RateLimiterActor {
                     Decision::Granted(_) => Ok(()),
                     Decision::Wait { until_ms, reason } => Err((*until_ms, reason.describe())),
                 };
+                state.metrics.inc(
+                    "sandwarden_ratelimit_decisions_total",
+                    vec![
+                        ("operation", op.as_str().into()),
+                        (
+                            "decision",
+                            if answer.is_ok() { "granted" } else { "wait" }.into(),
+                        ),
+                    ],
+                );
                 let _ = reply.send(answer);
                 if let Decision::Granted(g) = decision {
                     state.dirty = true;

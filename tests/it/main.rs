@@ -11,6 +11,7 @@ mod embed;
 mod health;
 mod isolation;
 mod local;
+mod metrics;
 mod notify;
 mod queue;
 mod ratelimit;
