@@ -69,6 +69,8 @@ pub enum BreakerMsg {
     Acquire(RpcReplyPort<Result<Permit, Option<u64>>>),
     /// The outcome of a permitted call; a failure carries its message for `last_error`.
     Record(Permit, Result<(), (ErrorCategory, String)>),
+    /// The outcome of a call made on the published closed state, without a permit.
+    RecordClosed(Result<(), (ErrorCategory, String)>),
     Release(Permit),
     Reset(RpcReplyPort<BreakerView>),
     ForceOpen(RpcReplyPort<BreakerView>),
@@ -82,30 +84,49 @@ pub struct BreakerLink {
     view: watch::Receiver<BreakerView>,
 }
 
+/// Leave to make one provider call.
+pub enum Pass {
+    /// From the actor: needed whenever the breaker is not closed (probes are counted).
+    Permit(Permit),
+    /// The published state said closed: no round trip to the actor; the outcome is reported
+    /// by a cast and counted if the breaker is still closed when it arrives.
+    Closed,
+    /// The breaker did not answer; the call goes ahead untracked.
+    Untracked,
+}
+
 impl BreakerLink {
-    /// A permit for one call, or the time at which calls may be tried again.
-    pub async fn acquire(&self) -> Result<Option<Permit>, Option<u64>> {
+    /// Leave for one call, or the time at which calls may be tried again.
+    ///
+    /// The closed state is read from the published view, so the common case costs no message
+    /// round trip; a call that races the breaker opening is at most one extra call per worker.
+    pub async fn acquire(&self) -> Result<Pass, Option<u64>> {
+        if self.view.borrow().state == "closed" {
+            return Ok(Pass::Closed);
+        }
         match self
             .actor
             .call(BreakerMsg::Acquire, Some(ACQUIRE_TIMEOUT))
             .await
         {
-            Ok(ractor::rpc::CallResult::Success(Ok(p))) => Ok(Some(p)),
+            Ok(ractor::rpc::CallResult::Success(Ok(p))) => Ok(Pass::Permit(p)),
             Ok(ractor::rpc::CallResult::Success(Err(at))) => Err(at),
             // An unreachable breaker must not stop all work: the call goes ahead untracked,
             // and the supervisor is restarting the breaker meanwhile.
-            _ => Ok(None),
+            _ => Ok(Pass::Untracked),
         }
     }
 
-    pub fn record(&self, permit: Option<Permit>, outcome: Result<(), (ErrorCategory, String)>) {
-        if let Some(p) = permit {
-            let _ = self.actor.cast(BreakerMsg::Record(p, outcome));
-        }
+    pub fn record(&self, pass: Pass, outcome: Result<(), (ErrorCategory, String)>) {
+        let _ = match pass {
+            Pass::Permit(p) => self.actor.cast(BreakerMsg::Record(p, outcome)),
+            Pass::Closed => self.actor.cast(BreakerMsg::RecordClosed(outcome)),
+            Pass::Untracked => Ok(()),
+        };
     }
 
-    pub fn release(&self, permit: Option<Permit>) {
-        if let Some(p) = permit {
+    pub fn release(&self, pass: Pass) {
+        if let Pass::Permit(p) = pass {
             let _ = self.actor.cast(BreakerMsg::Release(p));
         }
     }
@@ -242,6 +263,26 @@ impl BreakerActorState {
         }
     }
 
+    /// Count one permitted call's outcome.
+    fn record(&mut self, permit: Permit, outcome: Result<(), (ErrorCategory, String)>, now: u64) {
+        let outcome = match outcome {
+            Ok(()) => Ok(()),
+            Err((category, message)) => {
+                // Only failures that count against the provider are worth showing.
+                if matches!(category, ErrorCategory::Transient | ErrorCategory::Timeout) {
+                    self.last_error = Some(format!("{}: {message}", category.as_str()));
+                }
+                Err(category)
+            }
+        };
+        let before = (self.breaker.state(), self.breaker.consecutive_failures());
+        let transition = self.breaker.record(permit, outcome, now);
+        let after = (self.breaker.state(), self.breaker.consecutive_failures());
+        if transition.is_some() || before != after {
+            self.changed(transition);
+        }
+    }
+
     /// Persist and publish; log a transition if there was one.
     fn changed(&mut self, transition: Option<Transition>) {
         let snap = self.breaker.snapshot();
@@ -365,24 +406,16 @@ impl Actor for CircuitBreakerActor {
                     state.changed(transition);
                 }
             }
-            BreakerMsg::Record(permit, outcome) => {
-                let outcome = match outcome {
-                    Ok(()) => Ok(()),
-                    Err((category, message)) => {
-                        // Only failures that count against the provider are worth showing.
-                        if matches!(category, ErrorCategory::Transient | ErrorCategory::Timeout) {
-                            state.last_error = Some(format!("{}: {message}", category.as_str()));
-                        }
-                        Err(category)
-                    }
-                };
-                let before = (state.breaker.state(), state.breaker.consecutive_failures());
-                let transition = state.breaker.record(permit, outcome, now);
-                let after = (state.breaker.state(), state.breaker.consecutive_failures());
-                if transition.is_some() || before != after {
-                    state.changed(transition);
+            BreakerMsg::RecordClosed(outcome) => {
+                // Counted only if still closed: a call that raced a transition says nothing
+                // about the new state.
+                if state.breaker.state() == BreakerState::Closed
+                    && let Ok(permit) = state.breaker.try_acquire(now)
+                {
+                    state.record(permit, outcome, now);
                 }
             }
+            BreakerMsg::Record(permit, outcome) => state.record(permit, outcome, now),
             BreakerMsg::Release(permit) => {
                 state.breaker.on_ignored(permit);
             }

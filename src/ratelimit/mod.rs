@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -67,6 +68,8 @@ pub enum LimiterMsg {
         Option<String>,
         RpcReplyPort<Result<(), (u64, String)>>,
     ),
+    /// Record a call that nothing could refuse.
+    Track(Operation, Option<String>),
     RateLimited(Operation, Option<Duration>),
     SandboxStarted,
     SandboxStopped,
@@ -79,10 +82,27 @@ pub enum LimiterMsg {
 #[derive(Clone)]
 pub struct LimiterLink {
     actor: ActorRef<LimiterMsg>,
+    /// Which operations must ask (bit per `Operation::ALL` index): limited, cooling down, paced
+    /// or per-user. The others are only tracked, by a cast.
+    must_ask: watch::Receiver<u8>,
+}
+
+fn bit(op: Operation) -> u8 {
+    1 << Operation::ALL
+        .iter()
+        .position(|o| *o == op)
+        .expect("every operation is in ALL")
 }
 
 impl LimiterLink {
     pub async fn acquire(&self, op: Operation, user: &str) -> Result<(), (u64, String)> {
+        if *self.must_ask.borrow() & bit(op) == 0 {
+            // Nothing can refuse this call: record it without a round trip.
+            let _ = self
+                .actor
+                .cast(LimiterMsg::Track(op, Some(user.to_string())));
+            return Ok(());
+        }
         match self
             .actor
             .call(
@@ -134,6 +154,7 @@ pub struct LimiterState {
     events: VecDeque<LimitEvent>,
     stop: CancellationToken,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    must_ask: watch::Sender<u8>,
 }
 
 pub fn config_from(s: &RateLimitSettings) -> LimiterConfig {
@@ -235,6 +256,27 @@ fn decode(s: StoredUsage) -> LimiterSnapshot {
 }
 
 impl LimiterState {
+    /// Recompute which operations must ask (after a 429, a cool-down's end, a restart).
+    fn publish_must_ask(&mut self) {
+        let now = now_ms();
+        let cfg = self.limiter.config();
+        let mut mask = 0u8;
+        for op in Operation::ALL {
+            let paced = op == Operation::Create
+                && (cfg.max_concurrent_sandboxes.is_some() || cfg.min_create_interval.is_some());
+            let cooling = self
+                .limiter
+                .usage(op, now)
+                .cooldown_until_ms
+                .is_some_and(|t| t > now);
+            if cfg.limits.contains_key(&op) || cfg.per_user.is_some() || paced || cooling {
+                mask |= bit(op);
+            }
+        }
+        self.must_ask
+            .send_if_modified(|m| std::mem::replace(m, mask) != mask);
+    }
+
     fn note(&mut self, events: Vec<UsageEvent>) {
         for e in events {
             let (kind, op, used, limit) = match e {
@@ -324,10 +366,13 @@ impl RateLimiterActor {
         args: LimiterArgs,
         supervisor: ractor::ActorCell,
     ) -> Result<(LimiterLink, ActorRef<LimiterMsg>), ractor::SpawnErr> {
-        let (actor, _) = Actor::spawn_linked(None, RateLimiterActor, args, supervisor).await?;
+        let (tx, rx) = watch::channel(u8::MAX);
+        let (actor, _) =
+            Actor::spawn_linked(None, RateLimiterActor, (args, tx), supervisor).await?;
         Ok((
             LimiterLink {
                 actor: actor.clone(),
+                must_ask: rx,
             },
             actor,
         ))
@@ -337,12 +382,12 @@ impl RateLimiterActor {
 impl Actor for RateLimiterActor {
     type Msg = LimiterMsg;
     type State = LimiterState;
-    type Arguments = LimiterArgs;
+    type Arguments = (LimiterArgs, watch::Sender<u8>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<LimiterMsg>,
-        args: LimiterArgs,
+        (args, must_ask): Self::Arguments,
     ) -> Result<LimiterState, ActorProcessingErr> {
         let cfg = config_from(&args.settings);
         let limiter = match args.store.get_record::<StoredUsage>(STORE_KEY)? {
@@ -364,14 +409,17 @@ impl Actor for RateLimiterActor {
                 }
             }
         });
-        Ok(LimiterState {
+        let mut state = LimiterState {
             limiter,
             store: args.store,
             dirty: false,
             events: VecDeque::new(),
             stop,
             metrics: args.metrics,
-        })
+            must_ask,
+        };
+        state.publish_must_ask();
+        Ok(state)
     }
 
     async fn post_stop(
@@ -421,6 +469,7 @@ impl Actor for RateLimiterActor {
                 state.limiter.on_rate_limited(op, retry_after, now);
                 state.dirty = true;
                 state.persist();
+                state.publish_must_ask();
             }
             LimiterMsg::SandboxStarted => {
                 state.limiter.sandbox_started();
@@ -433,7 +482,22 @@ impl Actor for RateLimiterActor {
             LimiterMsg::View(reply) => {
                 let _ = reply.send(state.view());
             }
-            LimiterMsg::Persist => state.persist(),
+            LimiterMsg::Track(op, user) => {
+                // Unlimited and not cooling down: granted, but every call is tracked.
+                let _ = state.limiter.acquire(op, user.as_deref(), now);
+                state.dirty = true;
+                state.metrics.inc(
+                    "sandwarden_ratelimit_decisions_total",
+                    vec![
+                        ("operation", op.as_str().into()),
+                        ("decision", "granted".into()),
+                    ],
+                );
+            }
+            LimiterMsg::Persist => {
+                state.persist();
+                state.publish_must_ask();
+            }
             LimiterMsg::Prune => {
                 let removed = state.limiter.prune(now);
                 let pending = state.limiter.take_events();
