@@ -153,6 +153,7 @@ impl RootSupervisor {
                 notifier: NotifierLink(notifier.clone()),
                 retention: a.settings.retention,
                 cleanup_batch: a.settings.cleanup_batch,
+                workers: a.settings.workers,
                 store: a.store.clone(),
                 events: a.events.clone(),
                 max_attempts: a.settings.max_attempts,

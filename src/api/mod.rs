@@ -559,7 +559,7 @@ async fn queue_stats(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json:
         "oldest_pending_age_ms": census.oldest_pending_ms.map(|t| now.saturating_sub(t)),
         "completed_last_minute": census.finished_since,
         "ready": s.ready, "leased": s.leased, "running": s.running,
-        "idle_workers": s.idle_workers, "paused": s.paused,
+        "idle_workers": s.idle_workers, "paused": s.paused, "ramp_limit": s.ramp_limit,
     })))
 }
 

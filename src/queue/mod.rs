@@ -62,6 +62,8 @@ pub struct QueueStats {
     pub idle_workers: usize,
     pub running: usize,
     pub paused: bool,
+    /// While the queue ramps up after a recovery: how many jobs may run at once.
+    pub ramp_limit: Option<usize>,
 }
 
 pub enum QueueMsg {
@@ -91,6 +93,8 @@ pub struct QueueArgs {
     /// Ended jobs older than this are removed by `Cleanup`, at most `cleanup_batch` a run.
     pub retention: Duration,
     pub cleanup_batch: usize,
+    /// Workers in the pool: the end of a ramp-up.
+    pub workers: usize,
     pub events: broadcast::Sender<JobEvent>,
     pub max_attempts: u32,
     pub breaker: watch::Receiver<BreakerView>,
@@ -113,6 +117,11 @@ pub struct QueueState {
     running: HashMap<ActorId, (u64, CancellationToken)>,
     stop: CancellationToken,
     paused: bool,
+    /// Dispatch limit while ramping up after a recovery.
+    ramp: Option<usize>,
+    was_closed: bool,
+    ramp_successes: usize,
+    workers: usize,
     retention: Duration,
     cleanup_batch: usize,
 }
@@ -144,6 +153,10 @@ impl Actor for QueueActor {
             paused,
             retention: args.retention,
             cleanup_batch: args.cleanup_batch,
+            ramp: None,
+            was_closed: true,
+            ramp_successes: 0,
+            workers: args.workers,
         };
         let leased = state.store.leased()?;
         if !leased.is_empty() {
@@ -216,7 +229,16 @@ impl Actor for QueueActor {
                     state.interrupted(seq, "its worker crashed")?;
                 }
             }
-            QueueMsg::Tick => {}
+            QueueMsg::Tick => {
+                // A breaker that was not closed and now is: ramp up from the probe count.
+                let closed = state.breaker_closed();
+                if closed && !state.was_closed {
+                    state.ramp = Some(state.probes.max(1)).filter(|n| *n < state.workers);
+                    state.ramp_successes = 0;
+                    tracing::info!(limit = ?state.ramp, "provider recovered; ramping up dispatch");
+                }
+                state.was_closed = closed;
+            }
             QueueMsg::Stats(reply) => {
                 let _ = reply.send(QueueStats {
                     ready: state.store.ready_len(),
@@ -224,6 +246,7 @@ impl Actor for QueueActor {
                     idle_workers: state.idle.len(),
                     running: state.running.len(),
                     paused: state.paused,
+                    ramp_limit: state.ramp,
                 });
             }
             QueueMsg::SetPaused(paused, reply) => {
@@ -255,6 +278,10 @@ impl Actor for QueueActor {
 }
 
 impl QueueState {
+    fn breaker_closed(&self) -> bool {
+        matches!(self.breaker.borrow().state, "closed" | "disabled")
+    }
+
     fn emit(&self, job: &Job) {
         let _ = self.events.send(JobEvent {
             id: job.id.clone(),
@@ -355,6 +382,22 @@ impl QueueState {
             return Ok(());
         };
         debug_assert_eq!(seq, job.seq);
+        // After a recovery the limit doubles each time as many jobs have succeeded as it
+        // allows, until all workers may run: concurrency grows as calls succeed instead of the
+        // whole backlog rushing a provider that has just come back.
+        if let Some(limit) = self.ramp
+            && job.status == JobStatus::Completed
+        {
+            self.ramp_successes += 1;
+            if self.ramp_successes >= limit {
+                self.ramp_successes = 0;
+                let next = limit * 2;
+                self.ramp = (next < self.workers).then_some(next);
+                if self.ramp.is_none() {
+                    tracing::info!("ramp-up after recovery done");
+                }
+            }
+        }
         job.updated_at_ms = now_ms();
         self.store.release(&job)?;
         tracing::info!(
@@ -442,6 +485,9 @@ impl QueueState {
             {
                 let view = self.breaker.borrow();
                 if view.refuses(now) || (view.probing() && self.running.len() >= self.probes) {
+                    break;
+                }
+                if self.ramp.is_some_and(|limit| self.running.len() >= limit) {
                     break;
                 }
             }

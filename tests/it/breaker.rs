@@ -190,3 +190,65 @@ async fn a_manual_reset_releases_waiting_jobs_at_once() {
     }
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn recovery_ramps_concurrency_up_as_calls_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = paused_settings(dir.path());
+    settings.workers = 8;
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(rt.submit(run_spec(&format!("b{i}"))).await.unwrap().0.id);
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(rt.breaker().await.unwrap().state, "open");
+    // The provider is back, slowly (every call takes 200 ms); the probe comes after 60 s.
+    rt.faults().set(Faults {
+        enabled: true,
+        latency: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let mut limits = Vec::new();
+    let mut over = Vec::new();
+    for _ in 0..2000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = rt.stats().await.unwrap();
+        if let Some(l) = s.ramp_limit {
+            if limits.last() != Some(&l) {
+                limits.push(l);
+            }
+            if s.running > l {
+                over.push((s.running, l));
+            }
+        }
+        if ids
+            .iter()
+            .all(|id| rt.get(id).unwrap().unwrap().status == JobStatus::Completed)
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        limits,
+        vec![1, 2, 4],
+        "concurrency doubles with each success until all 8 workers run"
+    );
+    assert!(
+        over.is_empty(),
+        "more jobs ran than the ramp allowed: {over:?}"
+    );
+    assert!(rt.stats().await.unwrap().ramp_limit.is_none());
+    for id in &ids {
+        assert_eq!(rt.get(id).unwrap().unwrap().status, JobStatus::Completed);
+    }
+    rt.shutdown().await.unwrap();
+}
