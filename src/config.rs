@@ -357,7 +357,13 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         health: crate::health::HealthSettings {
             schedules: crate::health::TASKS
                 .iter()
-                .zip(["*/5 * * * *", "*/2 * * * *", "0 * * * *", "0 2 * * *"])
+                .zip([
+                    "*/5 * * * *",
+                    "*/2 * * * *",
+                    "0 * * * *",
+                    "0 2 * * *",
+                    "*/5 * * * *",
+                ])
                 .map(|(name, default)| {
                     let key = format!("schedule.{name}");
                     let text = r.string(&key, default);

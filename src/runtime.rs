@@ -169,6 +169,7 @@ impl RootSupervisor {
             breaker: breaker.clone(),
             limiter: limiter.clone(),
             metrics: a.metrics.clone(),
+            store: a.store.clone(),
             instance: a.instance.clone(),
             max_attempts: a.settings.max_attempts,
             max_output: a.settings.max_output_bytes,
@@ -176,7 +177,7 @@ impl RootSupervisor {
             create_timeout: a.settings.create_timeout,
             write_timeout: a.settings.write_timeout,
         });
-        reap_orphans(a.provider.as_ref(), &a.instance).await;
+        reap_orphans(a.provider.as_ref(), &a.instance, &a.store).await;
         let (pool, _) = Actor::spawn_linked(
             None,
             SandboxPool,
@@ -474,10 +475,12 @@ pub fn local_isolation(settings: &Settings) -> Result<Isolation, RuntimeError> {
     }
 }
 
-/// Kill sandboxes tagged with this instance: before the pool starts no job of ours is running,
-/// so every one of them was left behind by a crash (or a worker that died mid-job). Bounded in
+/// Kill sandboxes tagged with this instance, except live kept ones: before the pool starts no
+/// job of ours is running, so every other one was left behind by a crash (or a worker that
+/// died mid-job). Bounded in
 /// time; a provider that cannot be listed now is tried again at the next start.
-async fn reap_orphans(provider: &dyn Provider, instance: &str) {
+async fn reap_orphans(provider: &dyn Provider, instance: &str, store: &Store) {
+    let now = crate::clock::now_ms();
     let listed = tokio::time::timeout(Duration::from_secs(30), provider.list()).await;
     let Ok(Ok(sandboxes)) = listed else {
         tracing::warn!("could not list sandboxes to reap orphans; will try at the next start");
@@ -485,6 +488,13 @@ async fn reap_orphans(provider: &dyn Provider, instance: &str) {
     };
     for s in sandboxes {
         if s.metadata.get("sandwarden_instance").map(String::as_str) != Some(instance) {
+            continue;
+        }
+        // Kept sandboxes (sessions) are not orphans while they live.
+        if let Ok(Some(r)) = store.get_sandbox(&s.id)
+            && r.state == "live"
+            && r.expires_at_ms > now
+        {
             continue;
         }
         let job = s
@@ -804,6 +814,11 @@ impl RuntimeHandle {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The kept sandboxes (sessions) the registry knows, live and killed.
+    pub fn sandboxes(&self) -> Result<Vec<crate::store::SandboxRecord>, RuntimeError> {
+        Ok(self.inner.store.sandboxes()?)
     }
 
     /// Ready to take jobs: the actor tree is up.

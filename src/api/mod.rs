@@ -46,6 +46,7 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/tasks"),
     ("POST", "/tasks/{name}/run"),
+    ("GET", "/sandboxes"),
 ];
 
 pub fn router(rt: RuntimeHandle) -> Router {
@@ -64,6 +65,7 @@ pub fn router(rt: RuntimeHandle) -> Router {
         .route("/ratelimits", get(ratelimits))
         .route("/health", get(health))
         .route("/tasks", get(tasks))
+        .route("/sandboxes", get(sandboxes))
         .route("/tasks/{name}/run", post(run_task))
         .route_layer(middleware::from_fn_with_state(rt.clone(), require_admin));
     Router::new()
@@ -196,6 +198,10 @@ async fn health(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Valu
     Ok(Json(
         serde_json::to_value(rt.health().await?).expect("report serializes"),
     ))
+}
+
+async fn sandboxes(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({"sandboxes": rt.sandboxes()?})))
 }
 
 async fn tasks(State(rt): State<RuntimeHandle>) -> Result<Json<serde_json::Value>, ApiError> {

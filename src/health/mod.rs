@@ -28,7 +28,13 @@ use crate::store::Store;
 pub use cron::Cron;
 
 /// The names of the scheduled tasks.
-pub const TASKS: [&str; 4] = ["health", "queue_sweep", "ratelimit_cleanup", "job_cleanup"];
+pub const TASKS: [&str; 5] = [
+    "health",
+    "queue_sweep",
+    "ratelimit_cleanup",
+    "job_cleanup",
+    "sandbox_reaper",
+];
 
 /// The result of one health check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -256,6 +262,7 @@ impl HealthState {
                 Ok(()) => "ok".into(),
                 Err(e) => format!("error: {e}"),
             },
+            "sandbox_reaper" => reap_expired(&self.args).await,
             "job_cleanup" => {
                 match self
                     .args
@@ -288,6 +295,34 @@ impl HealthState {
         }
         tracing::info!(task = name, duration_ms = run.duration_ms, outcome = %run.outcome, "scheduled task ran");
         run
+    }
+}
+
+/// Kill kept sandboxes past their lifetime and mark them killed in the registry.
+async fn reap_expired(a: &HealthArgs) -> String {
+    let now = now_ms();
+    let Ok(all) = a.store.sandboxes() else {
+        return "error: could not read the registry".into();
+    };
+    let (mut killed, mut failed) = (0, 0);
+    for mut s in all
+        .into_iter()
+        .filter(|s| s.state == "live" && s.expires_at_ms <= now)
+    {
+        match tokio::time::timeout(PROBE_TIMEOUT, a.provider.kill(&s.id)).await {
+            Ok(Ok(())) => {
+                s.state = "killed".into();
+                let _ = a.store.put_sandbox(&s);
+                tracing::info!(sandbox = %s.id, owner = %s.owner, "killed a kept sandbox past its lifetime");
+                killed += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    if failed == 0 {
+        format!("ok: killed {killed}")
+    } else {
+        format!("error: killed {killed}, {failed} failed")
     }
 }
 

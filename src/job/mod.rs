@@ -137,6 +137,9 @@ pub struct JobSpec {
         with = "humantime_serde"
     )]
     pub delay: Option<Duration>,
+    /// Run in this kept sandbox (from an earlier job with `keep: true`) instead of a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
     /// Where to POST the job's notifications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,

@@ -73,6 +73,8 @@ struct RawSpec {
     run_at: Option<String>,
     /// How long after acceptance the job may run, e.g. "10m".
     delay: Option<String>,
+    /// A kept sandbox to run in.
+    sandbox_id: Option<String>,
     notify: Option<RawNotify>,
 }
 
@@ -283,7 +285,11 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
             Some(url)
         }
     };
+    if let Some(id) = &raw.sandbox_id {
+        check_name("sandbox_id", id)?;
+    }
     Ok(JobSpec {
+        sandbox_id: raw.sandbox_id,
         run_at_ms,
         delay,
         webhook,

@@ -20,6 +20,7 @@ use crate::provider::{ErrorCategory, Provider, ProviderError, RunSpec, SandboxSp
 use crate::ratelimit::LimiterLink;
 use crate::ratelimit::policy::Operation;
 use crate::retry::{RetryDecision, RetryPolicy};
+use crate::store::SandboxRecord;
 
 /// What every worker shares.
 pub struct WorkerContext {
@@ -28,6 +29,7 @@ pub struct WorkerContext {
     pub breaker: BreakerLink,
     pub limiter: LimiterLink,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub store: crate::store::Store,
     pub instance: String,
     pub max_attempts: u32,
     pub max_output: usize,
@@ -187,13 +189,39 @@ async fn run_steps(
     cancel: &CancellationToken,
     result: &mut JobResult,
 ) -> Result<(), StepFailure> {
-    let sandbox = create_sandbox(ctx, job, cancel)
-        .await
-        .map_err(|e| classify(e, None))?;
+    let now = now_ms();
+    let sandbox = match &job.spec.sandbox_id {
+        Some(id) => session_sandbox(ctx, job, id, now)?,
+        None => create_sandbox(ctx, job, cancel)
+            .await
+            .map_err(|e| classify(e, None))?,
+    };
     result.sandbox_id = Some(sandbox.clone());
     let outcome = run_each(ctx, job, &sandbox, cancel, result).await;
     let keep = job.spec.sandbox.keep && outcome.is_ok();
-    if !keep {
+    if keep {
+        let previous = ctx.store.get_sandbox(&sandbox).ok().flatten();
+        let record = SandboxRecord {
+            id: sandbox.clone(),
+            owner: job.spec.user_id.clone(),
+            created_by: previous
+                .as_ref()
+                .map_or_else(|| job.id.clone(), |p| p.created_by.clone()),
+            last_job: job.id.clone(),
+            created_at_ms: previous.as_ref().map_or(now, |p| p.created_at_ms),
+            last_used_ms: now_ms(),
+            // A session lives for the lifetime its first job asked for.
+            expires_at_ms: previous
+                .as_ref()
+                .map_or(now + job.spec.sandbox.timeout.as_millis() as u64, |p| {
+                    p.expires_at_ms
+                }),
+            state: "live".into(),
+        };
+        if let Err(e) = ctx.store.put_sandbox(&record) {
+            tracing::error!(error = %e, sandbox = %sandbox, "could not record a kept sandbox");
+        }
+    } else {
         // Cleaning up is best effort but retried; a sandbox that cannot be killed now is left
         // to the provider's own timeout and the orphan reaper.
         let kill = call(
@@ -207,6 +235,11 @@ async fn run_steps(
         .await;
         if let Err(e) = kill {
             tracing::warn!(job_id = %job.id, sandbox = %sandbox, error = ?e, "could not kill sandbox");
+        }
+        if let Ok(Some(mut record)) = ctx.store.get_sandbox(&sandbox) {
+            record.state = "killed".into();
+            record.last_job = job.id.clone();
+            let _ = ctx.store.put_sandbox(&record);
         }
         result.sandbox_id = None;
     }
@@ -298,6 +331,34 @@ async fn run_each(
         result.steps.push(out);
     }
     Ok(())
+}
+
+/// A kept sandbox a job asked to run in: it must be live, unexpired and the user's own.
+fn session_sandbox(
+    ctx: &WorkerContext,
+    job: &Job,
+    id: &str,
+    now: u64,
+) -> Result<String, StepFailure> {
+    let refuse = |why: String| {
+        StepFailure::Failed(JobError {
+            category: "permanent".into(),
+            message: why,
+            step: None,
+        })
+    };
+    let record = match ctx.store.get_sandbox(id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(refuse(format!("sandbox {id} is not a kept sandbox"))),
+        Err(e) => return Err(refuse(format!("sandbox {id}: {e}"))),
+    };
+    if record.owner != job.spec.user_id {
+        return Err(refuse(format!("sandbox {id} belongs to another user")));
+    }
+    if record.state != "live" || record.expires_at_ms <= now {
+        return Err(refuse(format!("sandbox {id} is no longer live")));
+    }
+    Ok(record.id)
 }
 
 /// Create the job's sandbox. A create that failed in a way that may still have made a

@@ -53,6 +53,22 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A sandbox kept alive between jobs (`keep: true`), as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub owner: String,
+    /// The job that made it, and the last one that used it.
+    pub created_by: String,
+    pub last_job: String,
+    pub created_at_ms: u64,
+    pub last_used_ms: u64,
+    /// Killed by the reaper at this time if still live.
+    pub expires_at_ms: u64,
+    /// `live` or `killed`.
+    pub state: String,
+}
+
 /// What `census` counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Census {
@@ -82,6 +98,7 @@ struct Inner {
     by_user: sled::Tree,
     idempotency: sled::Tree,
     notifications: sled::Tree,
+    sandboxes: sled::Tree,
     kv: sled::Tree,
     durability: durability::GroupCommit,
     inline_flush: bool,
@@ -157,6 +174,7 @@ impl Store {
             by_user: db.open_tree("by_user")?,
             idempotency: db.open_tree("idempotency")?,
             notifications: db.open_tree("notifications")?,
+            sandboxes: db.open_tree("sandboxes")?,
             kv: db.open_tree("kv")?,
             durability: durability::GroupCommit::default(),
             inline_flush: false,
@@ -552,6 +570,39 @@ impl Store {
             }
         }
         Ok(changed)
+    }
+
+    /// Record (or update) a kept sandbox in the registry.
+    pub fn put_sandbox(&self, s: &SandboxRecord) -> Result<()> {
+        self.inner.sandboxes.insert(s.id.as_bytes(), encode(s))?;
+        Ok(())
+    }
+
+    pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        match self.inner.sandboxes.get(id.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    key: format!("sandboxes/{id}"),
+                    why: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Every registered sandbox.
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        self.inner
+            .sandboxes
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: format!("sandboxes/{}", String::from_utf8_lossy(&k)),
+                    why: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// All jobs, in seq order (for stats and tests; O(n)).

@@ -15,5 +15,6 @@ mod metrics;
 mod notify;
 mod queue;
 mod ratelimit;
+mod sessions;
 mod support;
 mod webhook;
