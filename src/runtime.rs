@@ -177,7 +177,16 @@ impl RootSupervisor {
             create_timeout: a.settings.create_timeout,
             write_timeout: a.settings.write_timeout,
         });
-        reap_orphans(a.provider.as_ref(), &a.instance, &a.store).await;
+        // Before the pool starts no job of ours runs: every tagged sandbox but live sessions is
+        // an orphan of a crash or of a worker that died mid-job.
+        crate::health::reap_orphans(
+            a.provider.as_ref(),
+            &a.instance,
+            &a.store,
+            a.settings.job_defaults.max_sandbox_timeout,
+            true,
+        )
+        .await;
         let (pool, _) = Actor::spawn_linked(
             None,
             SandboxPool,
@@ -204,6 +213,8 @@ impl RootSupervisor {
                 pool: pool.clone(),
                 workers: a.settings.workers,
                 provider: a.provider.clone(),
+                instance: a.instance.clone(),
+                max_lifetime: a.settings.job_defaults.max_sandbox_timeout,
             },
             myself.get_cell(),
         )
@@ -470,44 +481,6 @@ pub fn local_isolation(settings: &Settings) -> Result<Isolation, RuntimeError> {
                         probe.problems.join("; ")
                     ),
                 }),
-            }
-        }
-    }
-}
-
-/// Kill sandboxes tagged with this instance, except live kept ones: before the pool starts no
-/// job of ours is running, so every other one was left behind by a crash (or a worker that
-/// died mid-job). Bounded in
-/// time; a provider that cannot be listed now is tried again at the next start.
-async fn reap_orphans(provider: &dyn Provider, instance: &str, store: &Store) {
-    let now = crate::clock::now_ms();
-    let listed = tokio::time::timeout(Duration::from_secs(30), provider.list()).await;
-    let Ok(Ok(sandboxes)) = listed else {
-        tracing::warn!("could not list sandboxes to reap orphans; will try at the next start");
-        return;
-    };
-    for s in sandboxes {
-        if s.metadata.get("sandwarden_instance").map(String::as_str) != Some(instance) {
-            continue;
-        }
-        // Kept sandboxes (sessions) are not orphans while they live.
-        if let Ok(Some(r)) = store.get_sandbox(&s.id)
-            && r.state == "live"
-            && r.expires_at_ms > now
-        {
-            continue;
-        }
-        let job = s
-            .metadata
-            .get("sandwarden_job")
-            .cloned()
-            .unwrap_or_default();
-        match tokio::time::timeout(Duration::from_secs(10), provider.kill(&s.id)).await {
-            Ok(Ok(())) => {
-                tracing::warn!(sandbox = %s.id, job_id = %job, "killed an orphaned sandbox")
-            }
-            _ => {
-                tracing::warn!(sandbox = %s.id, job_id = %job, "could not kill an orphaned sandbox")
             }
         }
     }

@@ -98,6 +98,10 @@ pub struct HealthArgs {
     pub pool: ActorRef<PoolMsg>,
     pub workers: usize,
     pub provider: Arc<dyn Provider>,
+    /// This installation's tag on the sandboxes it creates.
+    pub instance: String,
+    /// No sandbox of ours lives longer than this, whatever it runs.
+    pub max_lifetime: Duration,
 }
 
 struct Task {
@@ -262,7 +266,19 @@ impl HealthState {
                 Ok(()) => "ok".into(),
                 Err(e) => format!("error: {e}"),
             },
-            "sandbox_reaper" => reap_expired(&self.args).await,
+            "sandbox_reaper" => {
+                let sessions = reap_expired(&self.args).await;
+                let a = &self.args;
+                let (killed, failed) = reap_orphans(
+                    a.provider.as_ref(),
+                    &a.instance,
+                    &a.store,
+                    a.max_lifetime,
+                    false,
+                )
+                .await;
+                format!("{sessions}; orphans killed {killed}, failed {failed}")
+            }
             "job_cleanup" => {
                 match self
                     .args
@@ -296,6 +312,54 @@ impl HealthState {
         tracing::info!(task = name, duration_ms = run.duration_ms, outcome = %run.outcome, "scheduled task ran");
         run
     }
+}
+
+/// Kill this instance's sandboxes that nothing should be using: not a live session, not the
+/// sandbox of a running job (unless `at_start`, when nothing runs), or older than
+/// `max_lifetime` whatever they are. Bounded in time; returns (killed, failed).
+pub async fn reap_orphans(
+    provider: &dyn Provider,
+    instance: &str,
+    store: &Store,
+    max_lifetime: Duration,
+    at_start: bool,
+) -> (usize, usize) {
+    let now = now_ms();
+    let Ok(Ok(sandboxes)) = tokio::time::timeout(Duration::from_secs(30), provider.list()).await
+    else {
+        tracing::warn!("could not list sandboxes to reap orphans; will try again");
+        return (0, 0);
+    };
+    let (mut killed, mut failed) = (0, 0);
+    for s in sandboxes {
+        if s.metadata.get("sandwarden_instance").map(String::as_str) != Some(instance) {
+            continue;
+        }
+        let too_old =
+            s.started_at_ms > 0 && s.started_at_ms + max_lifetime.as_millis() as u64 <= now;
+        let session = matches!(store.get_sandbox(&s.id), Ok(Some(r)) if r.state == "live" && r.expires_at_ms > now);
+        let job = s
+            .metadata
+            .get("sandwarden_job")
+            .cloned()
+            .unwrap_or_default();
+        let running = !at_start
+            && matches!(store.get_job(&job), Ok(Some(j)) if j.status == crate::job::JobStatus::Running);
+        if !too_old && (session || running) {
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), provider.kill(&s.id)).await {
+            Ok(Ok(())) => {
+                tracing::warn!(sandbox = %s.id, job_id = %job, too_old, "killed an orphaned sandbox");
+                killed += 1;
+            }
+            _ => {
+                tracing::warn!(sandbox = %s.id, job_id = %job, "could not kill an orphaned sandbox");
+                failed += 1;
+            }
+        }
+    }
+    (killed, failed)
 }
 
 /// Kill kept sandboxes past their lifetime and mark them killed in the registry.

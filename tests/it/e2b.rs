@@ -700,3 +700,52 @@ async fn an_unhealthy_new_sandbox_is_killed_and_replaced() {
     assert!(r.emu.sandbox_ids().is_empty(), "no sandbox leaked");
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_scheduled_reaper_kills_orphans_but_not_running_jobs_sandboxes() {
+    let r = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime_on_emulator(&r.emu, dir.path()).await;
+    let ours = E2bProvider::new(E2bConfig {
+        api_url: r.emu.base_url(),
+        sandbox_url: Some(r.emu.base_url()),
+        api_key: KEY.to_string(),
+        instance: rt.instance().to_string(),
+        ..Default::default()
+    })
+    .unwrap();
+    // Tagged with a job the store does not know as running: an orphan.
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "sandwarden_job".to_string(),
+        "job-00000000000000bb".to_string(),
+    );
+    let spec = SandboxSpec {
+        template: "base".into(),
+        timeout: Duration::from_secs(300),
+        env: BTreeMap::new(),
+        metadata: meta,
+    };
+    let orphan = ours.create(&spec).await.unwrap();
+    // A job that is running (a long command) keeps its sandbox.
+    let long = sandwarden::job::spec::parse(
+        br#"{"user_id":"u","steps":[{"run":{"cmd":"sleep 5"}}]}"#,
+        &Default::default(),
+    )
+    .unwrap();
+    let (job, _) = rt.submit(long).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rt.get(&job.id).unwrap().unwrap().status != sandwarden::job::JobStatus::Running
+        || r.emu.sandbox_ids().len() < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run = rt.run_task("sandbox_reaper").await.unwrap().unwrap();
+    assert!(run.outcome.contains("orphans killed 1"), "{run:?}");
+    let ids = r.emu.sandbox_ids();
+    assert!(!ids.contains(&orphan), "{ids:?}");
+    assert_eq!(ids.len(), 1, "the running job's sandbox stays: {ids:?}");
+    rt.cancel(&job.id).await.unwrap();
+    rt.shutdown().await.unwrap();
+}
