@@ -118,6 +118,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `/metrics` requires the admin token too.
     pub metrics_require_token: bool,
+    /// Client API keys, each bound to a user id. When any is set, job endpoints require one
+    /// (or the admin token) and a key acts only for its own user.
+    pub client_keys: BTreeMap<String, String>,
     pub admin_token: Option<String>,
     pub sentry_dsn: Option<String>,
     pub workers: usize,
@@ -343,6 +346,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         log_format,
         max_body_bytes: r.uint("api.max_body_bytes", 1 << 20, 1024, 1 << 30) as usize,
         metrics_require_token: r.boolean("api.metrics_require_token", false),
+        client_keys: r.string_table("api.client_keys"),
         admin_token: r.opt_string("admin_token"),
         sentry_dsn: r.opt_string("sentry_dsn"),
         workers: r.uint("workers.count", 4, 1, 1024) as usize,
@@ -515,6 +519,35 @@ impl Reader<'_> {
         }
     }
 
+    /// A table of string values with free keys (`api.client_keys`).
+    fn string_table(&mut self, key: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(value) = self.get(key).cloned() else {
+            return out;
+        };
+        let Value::Object(map) = value else {
+            self.problem(
+                key,
+                format!("expected a table of key = \"user id\", found {value}"),
+            );
+            return out;
+        };
+        for (k, v) in map {
+            let full = format!("{key}.{k}");
+            self.seen.insert(full.clone());
+            match v {
+                Value::String(user) if !user.is_empty() && k.len() >= 16 => {
+                    out.insert(k, user);
+                }
+                Value::String(_) if k.len() < 16 => {
+                    self.problem(&full, "a client key must be at least 16 characters")
+                }
+                other => self.problem(&full, format!("expected a user id, found {other}")),
+            }
+        }
+        out
+    }
+
     fn boolean(&mut self, key: &str, default: bool) -> bool {
         match self.get(key).cloned() {
             None => default,
@@ -669,6 +702,10 @@ pub fn render(s: &Settings) -> String {
         "\n[api]\nmax_body_bytes = {}\nmetrics_require_token = {}\n",
         s.max_body_bytes, s.metrics_require_token
     );
+    out += "\n[api.client_keys]\n";
+    for user in s.client_keys.values() {
+        out += &format!("# *** = {user:?}\n");
+    }
     out += &format!(
         "\n[workers]\ncount = {}\nrestart_limit = {}\nrestart_window = {}\n",
         s.workers,

@@ -4,7 +4,10 @@
 //! made here. Every error is `{"error": {"code", "message", "field"}}` with a 4xx/5xx status;
 //! bodies over the configured size get 413.
 
+mod caller;
 mod error;
+
+use caller::Caller;
 
 use std::time::Duration;
 
@@ -239,10 +242,12 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
 
 async fn submit(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
     let spec = spec::parse(&body, &rt.settings().job_defaults).map_err(ApiError::from)?;
+    caller.may_act_for(&spec.user_id)?;
     let (job, created) = rt.submit(spec).await?;
     // 202: accepted, but it waits (provider down, dispatch paused) — the reason says why.
     let status = match (created, job.reason.is_some()) {
@@ -269,6 +274,7 @@ struct WaitQuery {
 
 async fn get_job(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
@@ -292,7 +298,7 @@ async fn get_job(
         }
         None => rt.get(&id)?,
     };
-    match job {
+    match job.filter(|j| caller.sees(&j.spec.user_id)) {
         Some(job) => Ok(Json(job).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -312,6 +318,7 @@ struct ListQuery {
 
 async fn list(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = q
@@ -319,6 +326,7 @@ async fn list(
         .clone()
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ApiError::field("invalid_field", "user_id", "is required"))?;
+    caller.may_act_for(&user)?;
     let (status, limit) = status_and_limit(&q)?;
     let page = rt.list(&user, status, limit, q.cursor.as_deref())?;
     Ok(Json(
@@ -352,8 +360,17 @@ fn status_and_limit(q: &ListQuery) -> Result<(Option<JobStatus>, usize), ApiErro
 
 async fn cancel(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let owner = rt.get(&id)?.map(|j| j.spec.user_id);
+    if !owner.is_some_and(|u| caller.sees(&u)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("job {id} was not found"),
+        ));
+    }
     let job = rt.cancel(&id).await?;
     Ok(Json(json!({"id": job.id, "status": job.status.as_str()})))
 }
@@ -367,9 +384,11 @@ struct FeedQuery {
 
 async fn notifications(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     Path(user): Path<String>,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.may_act_for(&user)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::field(
@@ -393,9 +412,11 @@ struct ReadBody {
 
 async fn notifications_read(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     Path(user): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.may_act_for(&user)?;
     let body = body_or_error(body)?;
     let b: ReadBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::field(
@@ -427,6 +448,7 @@ struct EventsQuery {
 /// Server-sent events: the user's notifications as they are made.
 async fn events(
     State(rt): State<RuntimeHandle>,
+    caller: Caller,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
@@ -435,6 +457,7 @@ async fn events(
         .user_id
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ApiError::field("invalid_field", "user_id", "is required"))?;
+    caller.may_act_for(&user)?;
     let rx = rt.subscribe_notifications();
     let stream = futures::stream::unfold((rx, user), |(mut rx, user)| async move {
         loop {
@@ -471,11 +494,7 @@ async fn require_admin(
 /// Refuse unless the request carries the admin token (when one is set).
 fn check_admin(rt: &RuntimeHandle, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     if let Some(token) = &rt.settings().admin_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = caller::bearer(headers);
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

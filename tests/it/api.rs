@@ -142,3 +142,155 @@ async fn idempotent_resubmission_returns_the_first_job() {
     assert_eq!(first["id"], second["id"]);
     assert_eq!(second["created"], false);
 }
+
+#[tokio::test]
+async fn client_keys_bind_callers_to_their_user() {
+    let svc = Service::with_provider(
+        std::sync::Arc::new(crate::support::MemProvider::default()),
+        |s| {
+            s.admin_token = Some("admin-token".into());
+            s.client_keys
+                .insert("key-for-alice-0001".into(), "alice".into());
+            s.client_keys
+                .insert("key-for-bob-000001".into(), "bob".into());
+        },
+    )
+    .await;
+    let call = |method: reqwest::Method,
+                path: &str,
+                key: Option<&str>,
+                body: Option<serde_json::Value>| {
+        let mut req = svc.http.request(method, format!("{}{path}", svc.url));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let job = |user: &str| json!({"user_id": user, "steps": [{"run": {"cmd": "x"}}]});
+    assert_eq!(
+        call(reqwest::Method::POST, "/v1/jobs", None, Some(job("alice")))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            Some("wrong-key-000000000"),
+            Some(job("alice"))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            Some("key-for-bob-000001"),
+            Some(job("alice"))
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, body) = call(
+        reqwest::Method::POST,
+        "/v1/jobs",
+        Some("key-for-alice-0001"),
+        Some(job("alice")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/jobs/{id}?wait=10s");
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            &path,
+            Some("key-for-alice-0001"),
+            None
+        )
+        .await
+        .1["status"],
+        "completed"
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            &path,
+            Some("key-for-bob-000001"),
+            None
+        )
+        .await
+        .0,
+        404,
+        "another user's job is not confirmed"
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, &path, Some("admin-token"), None)
+            .await
+            .0,
+        200,
+        "the admin sees every job"
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            "/v1/jobs?user_id=alice",
+            Some("key-for-bob-000001"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            "/v1/users/alice/notifications",
+            Some("key-for-bob-000001"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            Some("key-for-bob-000001"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            reqwest::Method::GET,
+            "/v1/jobs?user_id=alice",
+            Some("key-for-alice-0001"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(reqwest::Method::GET, "/healthz", None, None).await.0,
+        200,
+        "probes stay open"
+    );
+}
