@@ -179,14 +179,16 @@ impl RootSupervisor {
         });
         // Before the pool starts no job of ours runs: every tagged sandbox but live sessions is
         // an orphan of a crash or of a worker that died mid-job.
-        crate::health::reap_orphans(
-            a.provider.as_ref(),
-            &a.instance,
-            &a.store,
-            a.settings.job_defaults.max_sandbox_timeout,
-            true,
-        )
-        .await;
+        if matches!(breaker.view().state, "closed" | "disabled") {
+            crate::health::reap_orphans(
+                a.provider.as_ref(),
+                &a.instance,
+                &a.store,
+                a.settings.job_defaults.max_sandbox_timeout,
+                true,
+            )
+            .await;
+        }
         let (pool, _) = Actor::spawn_linked(
             None,
             SandboxPool,

@@ -266,6 +266,13 @@ impl HealthState {
                 Ok(()) => "ok".into(),
                 Err(e) => format!("error: {e}"),
             },
+            // Like the health check, the reaper leaves the provider to the breaker's probes while
+            // the breaker is not closed; the work waits for the next run.
+            "sandbox_reaper"
+                if !matches!(self.args.breaker.view().state, "closed" | "disabled") =>
+            {
+                "skipped: the circuit breaker is not closed".to_string()
+            }
             "sandbox_reaper" => {
                 let sessions = reap_expired(&self.args).await;
                 let a = &self.args;
