@@ -107,3 +107,99 @@ async fn sigkill_with_200_jobs_in_flight_loses_none() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_scheduled_retrying_and_session_jobs_in_the_mix_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // One provider call in five fails (503), so jobs retry; the breaker recovers quickly.
+    let env = [
+        ("SANDWARDEN_FAULTS__ENABLED", "true"),
+        ("SANDWARDEN_FAULTS__ERROR_RATE", "0.2"),
+        ("SANDWARDEN_FAULTS__STATUS", "503"),
+        ("SANDWARDEN_BREAKER__OPEN_TIMEOUT", "1s"),
+        ("SANDWARDEN_RETRY__BASE", "50ms"),
+        ("SANDWARDEN_ADMIN_TOKEN", "crash-token"),
+    ];
+    let proc = start_with(dir.path(), &env);
+    let mut accepted = Vec::new();
+    for i in 0..120 {
+        let job = match i % 3 {
+            0 => {
+                json!({"user_id": "mix", "delay": "1s", "steps": [{"run": {"cmd": format!("echo {i}")}}]})
+            }
+            1 => {
+                json!({"user_id": "mix", "sandbox": {"keep": true}, "steps": [{"run": {"cmd": format!("echo {i}")}}]})
+            }
+            _ => {
+                json!({"user_id": "mix", "steps": [{"run": {"cmd": format!("sleep 0.02; echo {i}")}}]})
+            }
+        };
+        let r = http
+            .post(format!("{}/v1/jobs", proc.url))
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 201 | 202), "{}", r.status());
+        let body: serde_json::Value = r.json().await.unwrap();
+        accepted.push((i, body["id"].as_str().unwrap().to_string()));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proc.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(proc);
+
+    let proc = start_with(dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut kept: Vec<String> = Vec::new();
+    for (i, id) in &accepted {
+        let job: serde_json::Value = loop {
+            let r = http
+                .get(format!("{}/v1/jobs/{id}?wait=30s", proc.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "job {id} was lost");
+            let job: serde_json::Value = r.json().await.unwrap();
+            if job["status"] != "pending" && job["status"] != "running" {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "job {id} is stuck: {job}");
+        };
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(job["result"]["steps"][0]["stdout"], format!("{i}\n"));
+        if i % 3 == 1 {
+            let sandbox = job["result"]["sandbox_id"].as_str();
+            let sandbox =
+                sandbox.unwrap_or_else(|| panic!("a kept sandbox's id is returned: {job}"));
+            kept.push(sandbox.to_string());
+        }
+    }
+    // Sessions made before or after the crash are live, not reaped as orphans.
+    let reg: serde_json::Value = http
+        .get(format!("{}/v1/admin/sandboxes", proc.url))
+        .bearer_auth("crash-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let live: Vec<&str> = reg["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "live")
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for id in &kept {
+        assert!(
+            live.contains(&id.as_str()),
+            "kept sandbox {id} is not live: {reg}"
+        );
+    }
+    assert_eq!(kept.len(), 40);
+}
