@@ -8,41 +8,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sandwarden::provider::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec};
+use sandwarden::provider::noop::NoopProvider;
 use sandwarden::{Runtime, Settings};
-
-struct Noop;
-
-#[async_trait::async_trait]
-impl Provider for Noop {
-    fn name(&self) -> &'static str {
-        "noop"
-    }
-    async fn create(&self, _: &SandboxSpec) -> Result<String, ProviderError> {
-        Ok("noop".into())
-    }
-    async fn write_file(&self, _: &str, _: &str, _: &[u8]) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    async fn run(&self, _: &str, _: &RunSpec) -> Result<RunOutput, ProviderError> {
-        Ok(RunOutput::default())
-    }
-    async fn read_file(&self, _: &str, _: &str, _: usize) -> Result<Vec<u8>, ProviderError> {
-        Ok(Vec::new())
-    }
-    async fn kill(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError> {
-        Ok(Vec::new())
-    }
-}
 
 async fn measure(jobs: usize, submitters: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start_with_provider(Settings::with_data_dir(dir.path()), Arc::new(Noop))
-        .await
-        .unwrap();
+    let rt =
+        Runtime::start_with_provider(Settings::with_data_dir(dir.path()), Arc::new(NoopProvider))
+            .await
+            .unwrap();
     let spec = sandwarden::job::spec::parse(
         br#"{"user_id":"bench","steps":[{"run":{"cmd":"true"}}]}"#,
         &Default::default(),

@@ -16,38 +16,11 @@ use std::time::{Duration, Instant};
 
 use sandwarden::config::IsolationKind;
 use sandwarden::job::JobStatus;
-use sandwarden::provider::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec};
+use sandwarden::provider::noop::NoopProvider;
 use sandwarden::{Runtime, Settings};
 use tokio::sync::broadcast::error::RecvError;
 
 const SUBMITTERS: usize = 64;
-
-struct Noop;
-
-#[async_trait::async_trait]
-impl Provider for Noop {
-    fn name(&self) -> &'static str {
-        "noop"
-    }
-    async fn create(&self, _: &SandboxSpec) -> Result<String, ProviderError> {
-        Ok("noop".into())
-    }
-    async fn write_file(&self, _: &str, _: &str, _: &[u8]) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    async fn run(&self, _: &str, _: &RunSpec) -> Result<RunOutput, ProviderError> {
-        Ok(RunOutput::default())
-    }
-    async fn read_file(&self, _: &str, _: &str, _: usize) -> Result<Vec<u8>, ProviderError> {
-        Ok(Vec::new())
-    }
-    async fn kill(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError> {
-        Ok(Vec::new())
-    }
-}
 
 fn arg(n: usize, default: usize) -> usize {
     std::env::args()
@@ -75,7 +48,7 @@ async fn main() {
     settings.workers = workers;
     // Irrelevant with the no-op provider (nothing is spawned); set so that no probe can matter.
     settings.isolation = IsolationKind::None;
-    let rt = Runtime::start_with_provider(settings, Arc::new(Noop))
+    let rt = Runtime::start_with_provider(settings, Arc::new(NoopProvider))
         .await
         .expect("the runtime starts");
     let spec = sandwarden::job::spec::parse(

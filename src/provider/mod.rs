@@ -10,6 +10,7 @@ pub mod error;
 pub mod faults;
 pub mod isolation;
 pub mod local;
+pub mod noop;
 mod paths;
 
 use std::collections::BTreeMap;

@@ -56,6 +56,28 @@ pub fn start_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Proc {
     }
 }
 
+/// Long-poll a job until it ends; fails if it is lost (404) or still not ended at `deadline`.
+async fn wait_ended(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    deadline: Instant,
+) -> serde_json::Value {
+    loop {
+        let r = http
+            .get(format!("{url}/v1/jobs/{id}?wait=30s"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "job {id} was lost");
+        let job: serde_json::Value = r.json().await.unwrap();
+        if job["status"] != "pending" && job["status"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} is stuck: {job}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_200_jobs_in_flight_loses_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,19 +108,7 @@ async fn sigkill_with_200_jobs_in_flight_loses_none() {
     let proc = start(dir.path());
     let deadline = Instant::now() + Duration::from_secs(120);
     for (i, id) in &accepted {
-        let job: serde_json::Value = loop {
-            let r = http
-                .get(format!("{}/v1/jobs/{id}?wait=30s", proc.url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "job {id} was lost");
-            let job: serde_json::Value = r.json().await.unwrap();
-            if job["status"] != "pending" && job["status"] != "running" {
-                break job;
-            }
-            assert!(Instant::now() < deadline, "job {id} is stuck: {job}");
-        };
+        let job = wait_ended(&http, &proc.url, id, deadline).await;
         assert_eq!(job["status"], "completed", "{job}");
         assert_eq!(job["result"]["steps"][0]["stdout"], format!("{i}\n"));
     }
@@ -156,19 +166,7 @@ async fn sigkill_with_scheduled_retrying_and_session_jobs_in_the_mix_loses_none(
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut kept: Vec<String> = Vec::new();
     for (i, id) in &accepted {
-        let job: serde_json::Value = loop {
-            let r = http
-                .get(format!("{}/v1/jobs/{id}?wait=30s", proc.url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "job {id} was lost");
-            let job: serde_json::Value = r.json().await.unwrap();
-            if job["status"] != "pending" && job["status"] != "running" {
-                break job;
-            }
-            assert!(Instant::now() < deadline, "job {id} is stuck: {job}");
-        };
+        let job = wait_ended(&http, &proc.url, id, deadline).await;
         assert_eq!(job["status"], "completed", "{job}");
         assert_eq!(job["result"]["steps"][0]["stdout"], format!("{i}\n"));
         if i % 3 == 1 {
