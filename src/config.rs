@@ -126,6 +126,8 @@ pub struct Settings {
     pub workers: usize,
     pub restart_limit: u32,
     pub restart_window: Duration,
+    /// A worker still on one job this long after the job's own time bound is hung: replaced.
+    pub hung_grace: Duration,
     pub max_attempts: u32,
     pub max_output_bytes: usize,
     pub max_read_bytes: usize,
@@ -352,6 +354,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         workers: r.uint("workers.count", 4, 1, 1024) as usize,
         restart_limit: r.uint("workers.restart_limit", 10, 1, 1_000_000) as u32,
         restart_window: r.duration("workers.restart_window", "10s"),
+        hung_grace: r.duration("workers.hung_grace", "60s"),
         max_attempts: r.uint("jobs.max_attempts", 5, 1, 1000) as u32,
         max_output_bytes: r.uint("jobs.max_output_bytes", 1 << 20, 1, 1 << 30) as usize,
         max_read_bytes: r.uint("jobs.max_read_bytes", 10 << 20, 1, 1 << 30) as usize,
@@ -367,6 +370,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
                     "0 * * * *",
                     "0 2 * * *",
                     "*/5 * * * *",
+                    "*/5 * * * *",
                 ])
                 .map(|(name, default)| {
                     let key = format!("schedule.{name}");
@@ -380,6 +384,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
                 .collect(),
             max_pending: r.uint("health.max_pending", 1000, 1, u64::MAX) as usize,
             max_pending_age: r.duration("health.max_pending_age", "15m"),
+            idle_pause_after: r.duration("sandbox.idle_pause_after", "10m"),
         },
         write_timeout: r.duration("jobs.write_timeout", "30s"),
         job_defaults,
@@ -707,10 +712,11 @@ pub fn render(s: &Settings) -> String {
         out += &format!("# *** = {user:?}\n");
     }
     out += &format!(
-        "\n[workers]\ncount = {}\nrestart_limit = {}\nrestart_window = {}\n",
+        "\n[workers]\ncount = {}\nrestart_limit = {}\nrestart_window = {}\nhung_grace = {}\n",
         s.workers,
         s.restart_limit,
-        d(s.restart_window)
+        d(s.restart_window),
+        d(s.hung_grace)
     );
     out += &format!(
         "\n[jobs]\nmax_attempts = {}\nrun_timeout = {}\nread_timeout = {}\nmax_steps = {}\nmax_step_timeout = {}\nmax_output_bytes = {}\nmax_read_bytes = {}\ncreate_timeout = {}\nwrite_timeout = {}\nretention = {}\ncleanup_batch = {}\n",
@@ -727,10 +733,11 @@ pub fn render(s: &Settings) -> String {
         s.cleanup_batch
     );
     out += &format!(
-        "\n[sandbox]\ntemplate = {:?}\ntimeout = {}\nmax_timeout = {}\n",
+        "\n[sandbox]\ntemplate = {:?}\ntimeout = {}\nmax_timeout = {}\nidle_pause_after = {}\n",
         j.template,
         d(j.sandbox_timeout),
-        d(j.max_sandbox_timeout)
+        d(j.max_sandbox_timeout),
+        d(s.health.idle_pause_after)
     );
     out += &format!(
         "\n[local]\ncpu_time = {}\nmemory_bytes = {}\nopen_files = {}\nprocesses = {}\nfile_size_bytes = {}\n",

@@ -28,12 +28,13 @@ use crate::store::Store;
 pub use cron::Cron;
 
 /// The names of the scheduled tasks.
-pub const TASKS: [&str; 5] = [
+pub const TASKS: [&str; 6] = [
     "health",
     "queue_sweep",
     "ratelimit_cleanup",
     "job_cleanup",
     "sandbox_reaper",
+    "auto_pause",
 ];
 
 /// The result of one health check.
@@ -76,6 +77,8 @@ pub struct HealthSettings {
     pub schedules: Vec<(&'static str, Cron)>,
     pub max_pending: usize,
     pub max_pending_age: Duration,
+    /// Kept sandboxes unused for this long are paused by the `auto_pause` task.
+    pub idle_pause_after: Duration,
 }
 
 pub enum HealthMsg {
@@ -150,6 +153,19 @@ impl Actor for HealthMonitorActor {
                 last,
                 runs: 0,
             });
+        }
+        // Only this actor starts pauses, one at a time: a pause it was making when the process
+        // stopped may or may not have happened. Taken as paused: resuming a running sandbox
+        // is harmless, and the next job's resume settles it.
+        for s in args.store.sandboxes()? {
+            if s.state == "pausing" {
+                args.store.update_sandbox(&s.id, |r| {
+                    (r.state == "pausing").then(|| crate::store::SandboxRecord {
+                        state: "paused".into(),
+                        ..r.clone()
+                    })
+                })?;
+            }
         }
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -286,6 +302,17 @@ impl HealthState {
                 .await;
                 format!("{sessions}; orphans killed {killed}, failed {failed}")
             }
+            "auto_pause" if !matches!(self.args.breaker.view().state, "closed" | "disabled") => {
+                "skipped: the circuit breaker is not closed".to_string()
+            }
+            "auto_pause" => {
+                pause_idle(
+                    self.args.provider.as_ref(),
+                    &self.args.store,
+                    self.args.settings.idle_pause_after,
+                )
+                .await
+            }
             "job_cleanup" => {
                 match self
                     .args
@@ -344,7 +371,7 @@ pub async fn reap_orphans(
         }
         let too_old =
             s.started_at_ms > 0 && s.started_at_ms + max_lifetime.as_millis() as u64 <= now;
-        let session = matches!(store.get_sandbox(&s.id), Ok(Some(r)) if r.state == "live" && r.expires_at_ms > now);
+        let session = matches!(store.get_sandbox(&s.id), Ok(Some(r)) if matches!(r.state.as_str(), "live" | "pausing" | "paused") && r.expires_at_ms > now);
         let job = s
             .metadata
             .get("sandwarden_job")
@@ -369,6 +396,78 @@ pub async fn reap_orphans(
     (killed, failed)
 }
 
+/// Pause kept sandboxes unused for `idle` or longer that no running job uses. Each is marked
+/// `pausing` before the provider is asked (a job that wants it meanwhile waits) and `paused`
+/// after; a failed pause leaves it live for the next run.
+pub async fn pause_idle(provider: &dyn Provider, store: &Store, idle: Duration) -> String {
+    if !provider.can_pause() {
+        return format!(
+            "skipped: provider {} cannot pause sandboxes",
+            provider.name()
+        );
+    }
+    let now = now_ms();
+    let Ok(all) = store.sandboxes() else {
+        return "error: could not read the registry".into();
+    };
+    let idle_ms = idle.as_millis() as u64;
+    let running = |job: &String| matches!(store.get_job(job), Ok(Some(j)) if j.status == crate::job::JobStatus::Running);
+    let (mut paused, mut failed) = (0, 0);
+    for s in all {
+        let candidate = |r: &crate::store::SandboxRecord| {
+            matches!(r.state.as_str(), "live" | "pausing")
+                && r.expires_at_ms > now
+                && r.last_used_ms + idle_ms <= now
+                && !r.in_use_by.iter().any(running)
+        };
+        if !candidate(&s) {
+            continue;
+        }
+        let taken = store.update_sandbox(&s.id, |r| {
+            candidate(r).then(|| crate::store::SandboxRecord {
+                state: "pausing".into(),
+                // Jobs listed here are not running: left by an interrupted run.
+                in_use_by: Vec::new(),
+                ..r.clone()
+            })
+        });
+        if !matches!(&taken, Ok(Some(r)) if r.state == "pausing") {
+            continue;
+        }
+        let outcome = tokio::time::timeout(PROBE_TIMEOUT, provider.pause(&s.id)).await;
+        let state = match &outcome {
+            Ok(Ok(())) => "paused",
+            Ok(Err(e)) if e.sandbox_gone() => "killed",
+            _ => "live",
+        };
+        let _ = store.update_sandbox(&s.id, |r| {
+            (r.state == "pausing").then(|| crate::store::SandboxRecord {
+                state: state.into(),
+                ..r.clone()
+            })
+        });
+        match outcome {
+            Ok(Ok(())) => {
+                tracing::info!(sandbox = %s.id, owner = %s.owner, idle_ms = now - s.last_used_ms, "paused an idle sandbox");
+                paused += 1;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(sandbox = %s.id, error = %e, "could not pause an idle sandbox");
+                failed += 1;
+            }
+            Err(_) => {
+                tracing::warn!(sandbox = %s.id, "pausing an idle sandbox timed out");
+                failed += 1;
+            }
+        }
+    }
+    if failed == 0 {
+        format!("ok: paused {paused}")
+    } else {
+        format!("error: paused {paused}, {failed} failed")
+    }
+}
+
 /// Kill kept sandboxes past their lifetime and mark them killed in the registry.
 async fn reap_expired(a: &HealthArgs) -> String {
     let now = now_ms();
@@ -378,7 +477,7 @@ async fn reap_expired(a: &HealthArgs) -> String {
     let (mut killed, mut failed) = (0, 0);
     for mut s in all
         .into_iter()
-        .filter(|s| s.state == "live" && s.expires_at_ms <= now)
+        .filter(|s| matches!(s.state.as_str(), "live" | "paused") && s.expires_at_ms <= now)
     {
         match tokio::time::timeout(PROBE_TIMEOUT, a.provider.kill(&s.id)).await {
             Ok(Ok(())) => {

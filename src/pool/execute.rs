@@ -191,7 +191,7 @@ async fn run_steps(
 ) -> Result<(), StepFailure> {
     let now = now_ms();
     let sandbox = match &job.spec.sandbox_id {
-        Some(id) => session_sandbox(ctx, job, id, now)?,
+        Some(id) => take_session(ctx, job, id, cancel).await?,
         None => create_sandbox(ctx, job, cancel)
             .await
             .map_err(|e| classify(e, None))?,
@@ -200,25 +200,32 @@ async fn run_steps(
     let outcome = run_each(ctx, job, &sandbox, cancel, result).await;
     let keep = job.spec.sandbox.keep && outcome.is_ok();
     if keep {
-        let previous = ctx.store.get_sandbox(&sandbox).ok().flatten();
-        let record = SandboxRecord {
-            id: sandbox.clone(),
-            owner: job.spec.user_id.clone(),
-            created_by: previous
-                .as_ref()
-                .map_or_else(|| job.id.clone(), |p| p.created_by.clone()),
-            last_job: job.id.clone(),
-            created_at_ms: previous.as_ref().map_or(now, |p| p.created_at_ms),
-            last_used_ms: now_ms(),
-            // A session lives for the lifetime its first job asked for.
-            expires_at_ms: previous
-                .as_ref()
-                .map_or(now + job.spec.sandbox.timeout.as_millis() as u64, |p| {
-                    p.expires_at_ms
-                }),
-            state: "live".into(),
+        let used_ms = now_ms();
+        let updated = ctx.store.update_sandbox(&sandbox, |p| {
+            let mut next = p.clone();
+            next.last_job = job.id.clone();
+            next.last_used_ms = used_ms;
+            next.in_use_by.retain(|j| *j != job.id);
+            Some(next)
+        });
+        let registered = match updated {
+            Ok(Some(_)) => Ok(()),
+            // A new session: only this job knows the sandbox yet.
+            Ok(None) => ctx.store.put_sandbox(&SandboxRecord {
+                id: sandbox.clone(),
+                owner: job.spec.user_id.clone(),
+                created_by: job.id.clone(),
+                last_job: job.id.clone(),
+                created_at_ms: now,
+                last_used_ms: used_ms,
+                // A session lives for the lifetime its first job asked for.
+                expires_at_ms: now + job.spec.sandbox.timeout.as_millis() as u64,
+                state: "live".into(),
+                in_use_by: Vec::new(),
+            }),
+            Err(e) => Err(e),
         };
-        if let Err(e) = ctx.store.put_sandbox(&record) {
+        if let Err(e) = registered {
             tracing::error!(error = %e, sandbox = %sandbox, "could not record a kept sandbox");
         }
     } else {
@@ -236,11 +243,13 @@ async fn run_steps(
         if let Err(e) = kill {
             tracing::warn!(job_id = %job.id, sandbox = %sandbox, error = ?e, "could not kill sandbox");
         }
-        if let Ok(Some(mut record)) = ctx.store.get_sandbox(&sandbox) {
-            record.state = "killed".into();
-            record.last_job = job.id.clone();
-            let _ = ctx.store.put_sandbox(&record);
-        }
+        let _ = ctx.store.update_sandbox(&sandbox, |p| {
+            let mut next = p.clone();
+            next.state = "killed".into();
+            next.last_job = job.id.clone();
+            next.in_use_by.retain(|j| *j != job.id);
+            Some(next)
+        });
         result.sandbox_id = None;
     }
     outcome
@@ -333,12 +342,17 @@ async fn run_each(
     Ok(())
 }
 
-/// A kept sandbox a job asked to run in: it must be live, unexpired and the user's own.
-fn session_sandbox(
+/// How long a job waits for a pause under way on its session to end before giving up.
+const PAUSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Take the kept sandbox a job asked to run in: it must be live or paused, unexpired and the
+/// user's own. The job is recorded as using it (so that it is not paused under the job), a
+/// pause under way is waited out, and a paused sandbox is resumed.
+async fn take_session(
     ctx: &WorkerContext,
     job: &Job,
     id: &str,
-    now: u64,
+    cancel: &CancellationToken,
 ) -> Result<String, StepFailure> {
     let refuse = |why: String| {
         StepFailure::Failed(JobError {
@@ -347,18 +361,100 @@ fn session_sandbox(
             step: None,
         })
     };
-    let record = match ctx.store.get_sandbox(id) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(refuse(format!("sandbox {id} is not a kept sandbox"))),
-        Err(e) => return Err(refuse(format!("sandbox {id}: {e}"))),
+    let waiting_since = tokio::time::Instant::now();
+    let record = loop {
+        let now = now_ms();
+        let mut refusal = None;
+        let mut pausing = false;
+        let taken = ctx.store.update_sandbox(id, |r| {
+            (refusal, pausing) = (None, false);
+            if r.owner != job.spec.user_id {
+                refusal = Some(format!("sandbox {id} belongs to another user"));
+                return None;
+            }
+            match r.state.as_str() {
+                _ if r.expires_at_ms <= now => {
+                    refusal = Some(format!("sandbox {id} is no longer live"));
+                    None
+                }
+                "live" | "paused" => {
+                    let mut next = r.clone();
+                    next.in_use_by.retain(|j| *j != job.id);
+                    next.in_use_by.push(job.id.clone());
+                    Some(next)
+                }
+                "pausing" => {
+                    pausing = true;
+                    None
+                }
+                _ => {
+                    refusal = Some(format!("sandbox {id} is no longer live"));
+                    None
+                }
+            }
+        });
+        let record = match taken {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(refuse(format!("sandbox {id} is not a kept sandbox"))),
+            Err(e) => return Err(refuse(format!("sandbox {id}: {e}"))),
+        };
+        if let Some(why) = refusal {
+            return Err(refuse(why));
+        }
+        if !pausing {
+            break record;
+        }
+        if waiting_since.elapsed() >= PAUSE_WAIT {
+            return Err(StepFailure::Unavailable {
+                retry_at_ms: Some(now + PAUSE_WAIT.as_millis() as u64),
+                err: JobError {
+                    category: "transient".into(),
+                    message: format!("sandbox {id} is still being paused"),
+                    step: None,
+                },
+                counted: false,
+            });
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(StepFailure::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     };
-    if record.owner != job.spec.user_id {
-        return Err(refuse(format!("sandbox {id} belongs to another user")));
-    }
-    if record.state != "live" || record.expires_at_ms <= now {
-        return Err(refuse(format!("sandbox {id} is no longer live")));
+    if record.state == "paused" {
+        let lifetime = Duration::from_millis(record.expires_at_ms.saturating_sub(now_ms()));
+        let resumed = call(
+            ctx,
+            &job.spec.user_id,
+            Operation::Resume,
+            ctx.create_timeout,
+            cancel,
+            |_| ctx.provider.resume(id, lifetime),
+        )
+        .await;
+        if let Err(e) = resumed {
+            release_session(ctx, job, id);
+            return Err(classify(e, None));
+        }
+        let _ = ctx.store.update_sandbox(id, |r| {
+            (r.state == "paused").then(|| SandboxRecord {
+                state: "live".into(),
+                ..r.clone()
+            })
+        });
+        tracing::info!(job_id = %job.id, sandbox = %id, "resumed a paused sandbox");
     }
     Ok(record.id)
+}
+
+/// The job no longer uses the kept sandbox `id`.
+fn release_session(ctx: &WorkerContext, job: &Job, id: &str) {
+    let _ = ctx.store.update_sandbox(id, |r| {
+        r.in_use_by.contains(&job.id).then(|| {
+            let mut next = r.clone();
+            next.in_use_by.retain(|j| *j != job.id);
+            next
+        })
+    });
 }
 
 /// Create the job's sandbox. A create that failed in a way that may still have made a

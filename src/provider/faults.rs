@@ -151,4 +151,18 @@ impl Provider for FaultyProvider {
     async fn health(&self, sandbox: &str) -> Result<(), ProviderError> {
         self.inner.health(sandbox).await
     }
+
+    fn can_pause(&self) -> bool {
+        self.inner.can_pause()
+    }
+
+    async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
+        self.control.before_call().await?;
+        self.inner.pause(sandbox).await
+    }
+
+    async fn resume(&self, sandbox: &str, timeout: Duration) -> Result<(), ProviderError> {
+        self.control.before_call().await?;
+        self.inner.resume(sandbox, timeout).await
+    }
 }

@@ -7,7 +7,7 @@
 //! so that no process outlives its step. Paths are confined by `paths`. This module never
 //! retries and never decides whether a failure is worth retrying beyond classifying it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -49,6 +49,8 @@ pub struct LocalProvider {
     root: PathBuf,
     limits: LocalLimits,
     isolation: Isolation,
+    /// Process groups of the commands running now, by sandbox, so that a pause can stop them.
+    running: std::sync::Mutex<HashMap<String, Vec<Pid>>>,
 }
 
 impl LocalProvider {
@@ -60,6 +62,7 @@ impl LocalProvider {
             root,
             limits,
             isolation: Isolation::none(),
+            running: Default::default(),
         })
     }
 
@@ -92,6 +95,54 @@ impl LocalProvider {
 
     fn meta_path(&self, sandbox: &str) -> PathBuf {
         self.root.join(format!("{sandbox}.meta"))
+    }
+
+    /// Present while the sandbox is paused.
+    fn paused_path(&self, sandbox: &str) -> PathBuf {
+        self.root.join(format!("{sandbox}.paused"))
+    }
+
+    /// The sandbox's directory, refusing a paused sandbox: nothing runs in it until resumed.
+    fn usable_dir(&self, sandbox: &str) -> Result<PathBuf, ProviderError> {
+        let dir = self.dir(sandbox)?;
+        if self.paused_path(sandbox).exists() {
+            return Err(ProviderError::permanent(format!(
+                "sandbox {sandbox} is paused; resume it first"
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// Send `signal` to the process group of every command running in `sandbox`.
+    fn signal_running(&self, sandbox: &str, signal: Signal) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for pgid in running.get(sandbox).into_iter().flatten() {
+            // ESRCH: the command ended meanwhile.
+            let _ = killpg(*pgid, signal);
+        }
+    }
+}
+
+/// Forgets a running command's process group when its step ends.
+struct Running<'a> {
+    provider: &'a LocalProvider,
+    sandbox: String,
+    pgid: Pid,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .provider
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(groups) = running.get_mut(&self.sandbox) {
+            groups.retain(|g| *g != self.pgid);
+            if groups.is_empty() {
+                running.remove(&self.sandbox);
+            }
+        }
     }
 }
 
@@ -136,7 +187,7 @@ impl Provider for LocalProvider {
         path: &str,
         content: &[u8],
     ) -> Result<(), ProviderError> {
-        let root = self.dir(sandbox)?;
+        let root = self.usable_dir(sandbox)?;
         let path = path.to_string();
         let content = content.to_vec();
         let isolation = self.isolation.clone();
@@ -164,8 +215,18 @@ impl Provider for LocalProvider {
     }
 
     async fn run(&self, sandbox: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
-        let dir = self.dir(sandbox)?;
-        run_in(&dir, &self.limits, &self.isolation, spec).await
+        let dir = self.usable_dir(sandbox)?;
+        let mut guard = None;
+        run_started_in(&dir, &self.limits, &self.isolation, spec, |pgid| {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.entry(sandbox.to_string()).or_default().push(pgid);
+            guard = Some(Running {
+                provider: self,
+                sandbox: sandbox.to_string(),
+                pgid,
+            });
+        })
+        .await
     }
 
     async fn read_file(
@@ -174,7 +235,7 @@ impl Provider for LocalProvider {
         path: &str,
         max: usize,
     ) -> Result<Vec<u8>, ProviderError> {
-        let root = self.dir(sandbox)?;
+        let root = self.usable_dir(sandbox)?;
         let path = path.to_string();
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -203,12 +264,18 @@ impl Provider for LocalProvider {
             Err(e) => return Err(e),
         };
         let meta = self.meta_path(sandbox);
+        let paused = self.paused_path(sandbox);
+        // End whatever still runs in it, stopped (paused) processes included.
+        self.signal_running(sandbox, Signal::SIGKILL);
         tokio::task::spawn_blocking(move || {
             std::fs::remove_dir_all(&dir)?;
-            match std::fs::remove_file(meta) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+            for file in [meta, paused] {
+                match std::fs::remove_file(file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
+            Ok(())
         })
         .await
         .map_err(|e| internal("kill sandbox", e))?
@@ -242,6 +309,31 @@ impl Provider for LocalProvider {
         .await
         .map_err(|e| internal("list sandboxes", e))?
     }
+
+    fn can_pause(&self) -> bool {
+        true
+    }
+
+    /// Marks the sandbox paused (files, reads, writes and runs wait for `resume`) and stops
+    /// (SIGSTOP) the process group of any command still running in it. Between steps a local
+    /// sandbox has no processes: every command's group is killed when its step ends.
+    async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
+        self.dir(sandbox)?;
+        std::fs::write(self.paused_path(sandbox), b"").map_err(|e| internal("pause sandbox", e))?;
+        self.signal_running(sandbox, Signal::SIGSTOP);
+        Ok(())
+    }
+
+    async fn resume(&self, sandbox: &str, _timeout: Duration) -> Result<(), ProviderError> {
+        self.dir(sandbox)?;
+        self.signal_running(sandbox, Signal::SIGCONT);
+        match std::fs::remove_file(self.paused_path(sandbox)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(internal("resume sandbox", e))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn encode_meta(metadata: &BTreeMap<String, String>, started_at_ms: u64) -> String {
@@ -267,6 +359,17 @@ pub async fn run_in(
     isolation: &Isolation,
     spec: &RunSpec,
 ) -> Result<RunOutput, ProviderError> {
+    run_started_in(dir, limits, isolation, spec, |_| {}).await
+}
+
+/// `run_in`, telling `started` the command's process group once it runs.
+async fn run_started_in(
+    dir: &Path,
+    limits: &LocalLimits,
+    isolation: &Isolation,
+    spec: &RunSpec,
+    started: impl FnOnce(Pid),
+) -> Result<RunOutput, ProviderError> {
     let home = if isolation.is_isolated() {
         isolation
             .adopt(dir, dir)
@@ -291,6 +394,9 @@ pub async fn run_in(
         .spawn()
         .map_err(|e| ProviderError::transient(format!("start command: {e}")))?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let Some(pgid) = pgid {
+        started(pgid);
+    }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     for fd in [stdout.as_fd(), stderr.as_fd()] {

@@ -87,6 +87,29 @@ pub trait Provider: Send + Sync + 'static {
     /// Every live sandbox this provider knows of.
     async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError>;
 
+    /// Whether this provider can pause sandboxes (see `pause`).
+    fn can_pause(&self) -> bool {
+        false
+    }
+
+    /// Pause a sandbox: nothing in it runs until `resume`, and its files are kept. Pausing a
+    /// paused sandbox succeeds. Providers that cannot pause keep the default, which refuses.
+    async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent(format!(
+            "provider {} cannot pause sandbox {sandbox}",
+            self.name()
+        )))
+    }
+
+    /// Resume a paused sandbox (resuming a running one succeeds) and give it `timeout` more
+    /// to live.
+    async fn resume(&self, sandbox: &str, _timeout: Duration) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent(format!(
+            "provider {} cannot resume sandbox {sandbox}",
+            self.name()
+        )))
+    }
+
     /// Whether a freshly created sandbox is ready to take work. Providers whose sandboxes are
     /// ready as soon as `create` returns keep the default.
     async fn health(&self, _sandbox: &str) -> Result<(), ProviderError> {

@@ -65,8 +65,11 @@ pub struct SandboxRecord {
     pub last_used_ms: u64,
     /// Killed by the reaper at this time if still live.
     pub expires_at_ms: u64,
-    /// `live` or `killed`.
+    /// `live`, `pausing` (a pause is under way), `paused` or `killed`.
     pub state: String,
+    /// The jobs running in it now; a sandbox in use is never paused.
+    #[serde(default)]
+    pub in_use_by: Vec<String>,
 }
 
 /// What `census` counts.
@@ -576,6 +579,37 @@ impl Store {
     pub fn put_sandbox(&self, s: &SandboxRecord) -> Result<()> {
         self.inner.sandboxes.insert(s.id.as_bytes(), encode(s))?;
         Ok(())
+    }
+
+    /// Change a registry record atomically: `change` sees the current record and returns the
+    /// new one, or `None` to leave it as it is. It may be called more than once when another
+    /// writer got there first. Returns the record as stored afterwards (`None`: not registered).
+    pub fn update_sandbox(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&SandboxRecord) -> Option<SandboxRecord>,
+    ) -> Result<Option<SandboxRecord>> {
+        loop {
+            let Some(current) = self.inner.sandboxes.get(id.as_bytes())? else {
+                return Ok(None);
+            };
+            let record: SandboxRecord =
+                serde_json::from_slice(&current).map_err(|e| StoreError::Corrupt {
+                    key: format!("sandboxes/{id}"),
+                    why: e.to_string(),
+                })?;
+            let Some(next) = change(&record) else {
+                return Ok(Some(record));
+            };
+            let swapped = self.inner.sandboxes.compare_and_swap(
+                id.as_bytes(),
+                Some(current),
+                Some(encode(&next)),
+            )?;
+            if swapped.is_ok() {
+                return Ok(Some(next));
+            }
+        }
     }
 
     pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {

@@ -365,20 +365,36 @@ async fn timeout_pause_and_connect() {
         .unwrap();
     let before = r.p.get(&id).await.unwrap();
     assert_eq!(before.state.as_deref(), Some("running"));
-    r.p.pause(&id).await.unwrap();
+    r.p.pause_sandbox(&id).await.unwrap();
     assert_eq!(r.p.get(&id).await.unwrap().state.as_deref(), Some("paused"));
     assert!(r.p.check_health(&id).await.unwrap_err().sandbox_gone());
-    let e = r.p.pause(&id).await.unwrap_err();
+    let e = r.p.pause_sandbox(&id).await.unwrap_err();
     assert_eq!(
         (e.category(), e.status()),
         (ErrorCategory::Permanent, Some(409))
     );
+    // Through the provider trait, pausing a paused sandbox is not an error.
+    assert!(r.p.can_pause());
+    Provider::pause(&r.p, &id).await.unwrap();
     let resumed = r.p.connect(&id, Duration::from_secs(60)).await.unwrap();
     assert_eq!(resumed.sandbox_id, id);
     r.p.check_health(&id).await.unwrap();
     assert_eq!(
         r.p.run(&id, &run("echo back")).await.unwrap().stdout,
         "back\n"
+    );
+    // Pause and resume through the trait: the files stay, commands run again.
+    r.p.write_file(&id, "kept.txt", b"still here")
+        .await
+        .unwrap();
+    Provider::pause(&r.p, &id).await.unwrap();
+    assert_eq!(r.p.get(&id).await.unwrap().state.as_deref(), Some("paused"));
+    Provider::resume(&r.p, &id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.p.run(&id, &run("cat kept.txt")).await.unwrap().stdout,
+        "still here"
     );
     let e =
         r.p.set_timeout("i0000000000000000000b", Duration::from_secs(5))

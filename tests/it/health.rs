@@ -50,6 +50,10 @@ async fn every_schedule_fires_at_its_times_over_a_simulated_day() {
         "ratelimit_cleanup ran {limits} times"
     );
     assert_eq!(jobs, 1, "job_cleanup ran {jobs} times");
+    for five_minutely in ["sandbox_reaper", "auto_pause"] {
+        let n = runs(&rt, five_minutely).await;
+        assert!((287..=289).contains(&n), "{five_minutely} ran {n} times");
+    }
     let tasks = rt.tasks().await.unwrap();
     let cleanup = tasks.iter().find(|t| t.name == "job_cleanup").unwrap();
     let last = cleanup.last.as_ref().unwrap();

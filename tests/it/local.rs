@@ -213,3 +213,75 @@ async fn cancelling_a_running_job_kills_its_command() {
     }
     assert!(left.is_empty(), "the cancelled command survived: {left:?}");
 }
+
+/// State letter of a process (`R`, `S`, `T` for stopped, ...), from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[tokio::test]
+async fn a_paused_local_sandbox_stops_its_processes_keeps_its_files_and_refuses_work() {
+    use sandwarden::provider::local::{LocalLimits, LocalProvider};
+    use sandwarden::provider::{Provider, RunSpec, SandboxSpec};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = Arc::new(LocalProvider::new(dir.path(), LocalLimits::default()).unwrap());
+    let spec = SandboxSpec {
+        template: "base".into(),
+        timeout: Duration::from_secs(60),
+        env: Default::default(),
+        metadata: Default::default(),
+    };
+    let id = p.create(&spec).await.unwrap();
+    p.write_file(&id, "kept.txt", b"kept").await.unwrap();
+    let run = |cmd: &str| RunSpec {
+        cmd: cmd.into(),
+        timeout: Duration::from_secs(30),
+        env: Default::default(),
+        max_output: 1 << 16,
+    };
+    // A step in flight when the pause comes: its processes are stopped, not killed.
+    let step = {
+        let (p, id, spec) = (p.clone(), id.clone(), run("sleep 987661; echo woke"));
+        tokio::spawn(async move { p.run(&id, &spec).await })
+    };
+    let pid = loop {
+        if let Some(pid) = processes_matching("sleep 987661").first() {
+            break *pid;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(p.can_pause());
+    p.pause(&id).await.unwrap();
+    p.pause(&id).await.unwrap(); // pausing a paused sandbox succeeds
+    let mut state = process_state(pid);
+    for _ in 0..1000 {
+        if state == Some('T') {
+            break;
+        }
+        tokio::task::yield_now().await;
+        state = process_state(pid);
+    }
+    assert_eq!(state, Some('T'), "the running command was stopped");
+    for refused in [
+        p.run(&id, &run("true")).await.map(|_| ()),
+        p.write_file(&id, "x", b"x").await,
+        p.read_file(&id, "kept.txt", 100).await.map(|_| ()),
+    ] {
+        let e = refused.unwrap_err();
+        assert!(e.message().contains("is paused"), "{e}");
+    }
+    p.resume(&id, Duration::from_secs(60)).await.unwrap();
+    assert_ne!(process_state(pid), Some('T'), "resumed");
+    assert_eq!(p.read_file(&id, "kept.txt", 100).await.unwrap(), b"kept");
+    // Killing a sandbox ends what runs in it, stopped or not.
+    p.pause(&id).await.unwrap();
+    p.kill(&id).await.unwrap();
+    let ended = step.await.unwrap().unwrap();
+    assert_eq!(ended.exit_code, 128 + 9, "killed by SIGKILL: {ended:?}");
+    assert!(!ended.stdout.contains("woke"));
+    assert!(processes_matching("sleep 987661").is_empty());
+}

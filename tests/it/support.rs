@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sandwarden::provider::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec};
 use sandwarden::{Runtime, RuntimeHandle, Settings};
@@ -135,11 +136,34 @@ pub struct MemProvider {
     pub create_times: Mutex<Vec<u64>>,
     sandboxes: Mutex<BTreeMap<String, MemSandbox>>,
     next: AtomicUsize,
+    /// Paused sandboxes: every call but kill, pause and resume fails on them.
+    pub paused: Mutex<std::collections::BTreeSet<String>>,
+    pub pauses: AtomicU64,
+    pub resumes: AtomicU64,
 }
 
 impl MemProvider {
     pub fn live(&self) -> usize {
         self.sandboxes.lock().unwrap().len()
+    }
+
+    /// Make a sandbox with a chosen id, as if created earlier.
+    pub fn create_with_id(&self, id: &str) {
+        self.sandboxes
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), Default::default());
+    }
+
+    /// The sandbox exists and is not paused.
+    fn usable(&self, sandbox: &str) -> Result<(), ProviderError> {
+        if !self.sandboxes.lock().unwrap().contains_key(sandbox) {
+            return Err(ProviderError::permanent("no sandbox"));
+        }
+        if self.paused.lock().unwrap().contains(sandbox) {
+            return Err(ProviderError::permanent(format!("{sandbox} is paused")));
+        }
+        Ok(())
     }
 }
 
@@ -174,6 +198,7 @@ impl Provider for MemProvider {
         content: &[u8],
     ) -> Result<(), ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.usable(sandbox)?;
         let mut s = self.sandboxes.lock().unwrap();
         let sb = s
             .get_mut(sandbox)
@@ -184,9 +209,7 @@ impl Provider for MemProvider {
 
     async fn run(&self, sandbox: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if !self.sandboxes.lock().unwrap().contains_key(sandbox) {
-            return Err(ProviderError::permanent("no sandbox"));
-        }
+        self.usable(sandbox)?;
         if spec.cmd == "panic" {
             panic!("the provider panicked on purpose");
         }
@@ -203,6 +226,7 @@ impl Provider for MemProvider {
         _max: usize,
     ) -> Result<Vec<u8>, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.usable(sandbox)?;
         let s = self.sandboxes.lock().unwrap();
         let sb = s
             .get(sandbox)
@@ -215,6 +239,31 @@ impl Provider for MemProvider {
     async fn kill(&self, sandbox: &str) -> Result<(), ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.sandboxes.lock().unwrap().remove(sandbox);
+        self.paused.lock().unwrap().remove(sandbox);
+        Ok(())
+    }
+
+    fn can_pause(&self) -> bool {
+        true
+    }
+
+    async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.pauses.fetch_add(1, Ordering::SeqCst);
+        if !self.sandboxes.lock().unwrap().contains_key(sandbox) {
+            return Err(ProviderError::permanent("no sandbox").with_sandbox_gone());
+        }
+        self.paused.lock().unwrap().insert(sandbox.to_string());
+        Ok(())
+    }
+
+    async fn resume(&self, sandbox: &str, _timeout: Duration) -> Result<(), ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.resumes.fetch_add(1, Ordering::SeqCst);
+        if !self.sandboxes.lock().unwrap().contains_key(sandbox) {
+            return Err(ProviderError::permanent("no sandbox").with_sandbox_gone());
+        }
+        self.paused.lock().unwrap().remove(sandbox);
         Ok(())
     }
 

@@ -132,7 +132,7 @@ impl E2bProvider {
     }
 
     /// `POST /sandboxes/{id}/pause`.
-    pub async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
+    pub async fn pause_sandbox(&self, sandbox: &str) -> Result<(), ProviderError> {
         let resp = self
             .api_request(
                 reqwest::Method::POST,

@@ -278,6 +278,23 @@ impl Provider for E2bProvider {
     async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError> {
         self.list_running().await
     }
+
+    fn can_pause(&self) -> bool {
+        true
+    }
+
+    async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
+        match self.pause_sandbox(sandbox).await {
+            // 409 "already paused" is what pause wanted.
+            Err(e) if e.status() == Some(409) && e.message().contains("already paused") => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn resume(&self, sandbox: &str, timeout: Duration) -> Result<(), ProviderError> {
+        let r = self.connect(sandbox, timeout).await.map(|_| ());
+        self.forget_if_gone(sandbox, r)
+    }
 }
 
 #[cfg(test)]
