@@ -79,6 +79,7 @@ struct RootArgs {
     links: watch::Sender<Option<Links>>,
     exit: Arc<Mutex<Option<String>>>,
     instance: String,
+    faults: Arc<FaultControl>,
 }
 
 struct RootState {
@@ -176,6 +177,7 @@ impl RootSupervisor {
             max_read: a.settings.max_read_bytes,
             create_timeout: a.settings.create_timeout,
             write_timeout: a.settings.write_timeout,
+            faults: a.faults.clone(),
         });
         // Before the pool starts no job of ours runs: every tagged sandbox but live sessions is
         // an orphan of a crash or of a worker that died mid-job.
@@ -196,6 +198,7 @@ impl RootSupervisor {
                 workers: a.settings.workers,
                 restart_limit: a.settings.restart_limit,
                 restart_window: a.settings.restart_window,
+                hung_grace: a.settings.hung_grace,
                 ctx,
                 queue: queue.clone(),
             },
@@ -434,6 +437,7 @@ impl Runtime {
                 links: links_tx,
                 exit: exit.clone(),
                 instance,
+                faults: faults.clone(),
             },
         )
         .await

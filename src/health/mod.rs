@@ -546,6 +546,17 @@ async fn check(a: &HealthArgs) -> HealthReport {
             humantime::format_duration(Duration::from_secs(age / 1000))
         ));
     }
+    // A worker that stopped answering (on one job far past its time bound) is replaced here.
+    if let Ok(ractor::rpc::CallResult::Success(jobs)) =
+        a.pool.call(PoolMsg::ReplaceHung, Some(PROBE_TIMEOUT)).await
+        && !jobs.is_empty()
+    {
+        degraded.push(format!(
+            "replaced {} hung worker(s); their jobs run again: {}",
+            jobs.len(),
+            jobs.join(", ")
+        ));
+    }
     let workers = match a.pool.call(PoolMsg::Size, Some(PROBE_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(n)) => Some(n),
         _ => None,

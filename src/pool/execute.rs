@@ -36,6 +36,28 @@ pub struct WorkerContext {
     pub max_read: usize,
     pub create_timeout: Duration,
     pub write_timeout: Duration,
+    pub faults: Arc<crate::provider::faults::FaultControl>,
+}
+
+/// Time to kill a job's sandbox at its end (and to look for earlier attempts' sandboxes).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl WorkerContext {
+    /// The longest a run of `job` can take when nothing is stuck: getting its sandbox (a look
+    /// for earlier attempts' sandboxes, then a create or a resume), every step's deadline, and
+    /// the clean-up. Each provider call, its retries and its limiter waits fit in its deadline.
+    pub fn time_bound(&self, job: &Job) -> Duration {
+        let steps: Duration = job
+            .spec
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::WriteFile { .. } => self.write_timeout,
+                Step::Run { timeout, .. } | Step::ReadFile { timeout, .. } => *timeout,
+            })
+            .sum();
+        CLEANUP_TIMEOUT + self.create_timeout + steps + CLEANUP_TIMEOUT
+    }
 }
 
 /// Limiter waits up to this long are slept in the worker instead of requeueing the job.
@@ -60,6 +82,10 @@ enum CallError {
 
 /// Run `job` to an outcome, writing it into the record.
 pub async fn run_job(ctx: &WorkerContext, job: &mut Job, cancel: &CancellationToken) {
+    if ctx.faults.take_stall() {
+        tracing::warn!(job_id = %job.id, "fault injection: this worker stalls");
+        std::future::pending::<()>().await;
+    }
     let mut result = JobResult::default();
     let outcome = run_steps(ctx, job, cancel, &mut result).await;
     let now = now_ms();
@@ -235,7 +261,7 @@ async fn run_steps(
             ctx,
             &job.spec.user_id,
             Operation::Kill,
-            Duration::from_secs(30),
+            CLEANUP_TIMEOUT,
             &CancellationToken::new(),
             |_| ctx.provider.kill(&sandbox),
         )
@@ -479,7 +505,7 @@ async fn create_sandbox(
         metadata: metadata.clone(),
     };
     if job.attempts.len() > 1 {
-        reap_earlier_attempts(ctx, job).await;
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, reap_earlier_attempts(ctx, job)).await;
     }
     let mut uncertain = false;
     call(ctx, &job.spec.user_id, Operation::Create, ctx.create_timeout, cancel, |_| {

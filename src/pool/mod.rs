@@ -5,18 +5,22 @@
 //! a restart storm, and the pool fails with that reason so that its own supervisor escalates
 //! instead of letting it spin. What survives a worker crash: every job (the queue requeues the
 //! crashed worker's job); what is lost: the crashed run's partial step results.
+//!
+//! A worker that hangs (still on one job well past the job's own time bound: every provider
+//! call is bounded, so only a bug gets there) is killed and replaced when the health check
+//! asks (`ReplaceHung`); the queue runs its job again.
 
 mod execute;
 mod worker;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 pub use execute::WorkerContext;
-pub use worker::{SandboxWorker, WorkerMsg};
+pub use worker::{Busy, SandboxWorker, WorkerMsg};
 
 use crate::queue::QueueMsg;
 
@@ -24,19 +28,31 @@ pub struct PoolArgs {
     pub workers: usize,
     pub restart_limit: u32,
     pub restart_window: Duration,
+    /// A worker on one job this long past the job's time bound is hung.
+    pub hung_grace: Duration,
     pub ctx: Arc<WorkerContext>,
     pub queue: ActorRef<QueueMsg>,
 }
 
 pub struct PoolState {
     args: PoolArgs,
-    workers: HashMap<ActorId, usize>,
+    workers: HashMap<ActorId, Slot>,
+    /// Workers killed for hanging, until their supervision event arrives.
+    hung: HashSet<ActorId>,
     restarts: VecDeque<tokio::time::Instant>,
+}
+
+struct Slot {
+    index: usize,
+    worker: ActorRef<WorkerMsg>,
+    busy: Arc<Mutex<Option<Busy>>>,
 }
 
 pub enum PoolMsg {
     /// How many workers are alive.
     Size(ractor::RpcReplyPort<usize>),
+    /// Kill and replace every hung worker; replies the ids of the jobs they were on.
+    ReplaceHung(ractor::RpcReplyPort<Vec<String>>),
 }
 
 pub struct SandboxPool;
@@ -47,6 +63,7 @@ impl SandboxPool {
         state: &mut PoolState,
         index: usize,
     ) -> Result<(), ActorProcessingErr> {
+        let busy = Arc::new(Mutex::new(None));
         let (worker, _) = Actor::spawn_linked(
             None,
             SandboxWorker,
@@ -54,11 +71,19 @@ impl SandboxPool {
                 index,
                 ctx: state.args.ctx.clone(),
                 queue: state.args.queue.clone(),
+                busy: busy.clone(),
             },
             myself.get_cell(),
         )
         .await?;
-        state.workers.insert(worker.get_id(), index);
+        state.workers.insert(
+            worker.get_id(),
+            Slot {
+                index,
+                worker,
+                busy,
+            },
+        );
         Ok(())
     }
 
@@ -68,10 +93,18 @@ impl SandboxPool {
         cell: ActorCell,
         why: String,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(index) = state.workers.remove(&cell.get_id()) else {
+        let Some(Slot { index, .. }) = state.workers.remove(&cell.get_id()) else {
             return Ok(());
         };
-        let _ = state.args.queue.cast(QueueMsg::WorkerLost(cell.get_id()));
+        let why_lost = if state.hung.remove(&cell.get_id()) {
+            "its worker hung and was replaced"
+        } else {
+            "its worker crashed"
+        };
+        let _ = state
+            .args
+            .queue
+            .cast(QueueMsg::WorkerLost(cell.get_id(), why_lost));
         let now = tokio::time::Instant::now();
         let window = state.args.restart_window;
         state.restarts.retain(|t| now.duration_since(*t) < window);
@@ -111,6 +144,7 @@ impl Actor for SandboxPool {
     ) -> Result<PoolState, ActorProcessingErr> {
         let mut state = PoolState {
             workers: HashMap::new(),
+            hung: HashSet::new(),
             restarts: VecDeque::new(),
             args,
         };
@@ -129,6 +163,31 @@ impl Actor for SandboxPool {
         match msg {
             PoolMsg::Size(reply) => {
                 let _ = reply.send(state.workers.len());
+            }
+            PoolMsg::ReplaceHung(reply) => {
+                let grace = state.args.hung_grace;
+                let mut jobs = Vec::new();
+                for (id, slot) in &state.workers {
+                    let busy = slot.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let Some(b) = busy.filter(|b| b.since.elapsed() > b.bound + grace) else {
+                        continue;
+                    };
+                    if !state.hung.insert(*id) {
+                        continue;
+                    }
+                    tracing::error!(
+                        worker = slot.index,
+                        job_id = %b.job_id,
+                        busy_for = %humantime::format_duration(b.since.elapsed()),
+                        bound = %humantime::format_duration(b.bound),
+                        "worker is hung; replacing it"
+                    );
+                    // Ends the worker's run at once, whatever it awaits: its sandbox's
+                    // processes die with the run (the local provider kills the group on drop).
+                    slot.worker.kill();
+                    jobs.push(b.job_id);
+                }
+                let _ = reply.send(jobs);
             }
         }
         Ok(())

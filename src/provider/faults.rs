@@ -31,6 +31,8 @@ pub struct FaultControl {
     faults: std::sync::RwLock<Faults>,
     injected: AtomicU64,
     passed: AtomicU64,
+    /// Job runs still to stall (see `stall_next_jobs`).
+    stalls: AtomicU64,
 }
 
 impl FaultControl {
@@ -55,6 +57,25 @@ impl FaultControl {
             tracing::info!("fault injection is off");
         }
         *self.faults.write().expect("fault lock") = faults;
+    }
+
+    /// Make the next `n` job runs stall in their worker, outside any provider call and its
+    /// timeout, as a worker stuck on a bug would: chaos for the pool's hung-worker watchdog.
+    pub fn stall_next_jobs(&self, n: u64) {
+        if n > 0 {
+            tracing::warn!(
+                n,
+                "fault injection: the next job runs will stall their worker"
+            );
+        }
+        self.stalls.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether this job run should stall (used by the worker).
+    pub fn take_stall(&self) -> bool {
+        self.stalls
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Calls that failed on purpose.

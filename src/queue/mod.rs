@@ -74,7 +74,8 @@ pub enum QueueMsg {
         worker: ActorId,
         job: Box<Job>,
     },
-    WorkerLost(ActorId),
+    /// A worker died or was replaced; the reason goes into its job's attempt.
+    WorkerLost(ActorId, &'static str),
     /// Re-check the ready queue (scheduled jobs coming due).
     Tick,
     Stats(RpcReplyPort<QueueStats>),
@@ -222,11 +223,11 @@ impl Actor for QueueActor {
             QueueMsg::Finished { worker, job } => {
                 state.finished(worker, *job)?;
             }
-            QueueMsg::WorkerLost(worker) => {
+            QueueMsg::WorkerLost(worker, why) => {
                 state.idle.retain(|w| w.get_id() != worker);
                 if let Some((seq, token)) = state.running.remove(&worker) {
                     token.cancel();
-                    state.interrupted(seq, "its worker crashed")?;
+                    state.interrupted(seq, why)?;
                 }
             }
             QueueMsg::Tick => {

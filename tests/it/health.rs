@@ -216,3 +216,63 @@ async fn sentry_gets_one_event_per_incident() {
     assert!(!probes.is_empty(), "{events:#?}");
     assert!(probes.iter().all(|e| e.level == sentry::Level::Error));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_worker_is_replaced_and_its_job_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = paused_settings(dir.path());
+    settings.workers = 1;
+    settings.hung_grace = Duration::from_secs(60);
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    let check = |rt: sandwarden::RuntimeHandle| async move {
+        rt.run_task("health").await.unwrap().unwrap();
+        rt.health().await.unwrap()
+    };
+    rt.faults().stall_next_jobs(1);
+    let id = rt.submit(run_spec("stuck once")).await.unwrap().0.id;
+    // Time bound of this job: 30 s look for earlier sandboxes + 60 s create + 120 s run + 30 s
+    // clean-up = 240 s; hung after 240 s + 60 s grace.
+    tokio::time::sleep(Duration::from_secs(290)).await;
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "healthy", "still within its bound: {r:?}");
+    assert_eq!(
+        rt.get(&id).unwrap().unwrap().status,
+        sandwarden::job::JobStatus::Running
+    );
+
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "degraded", "{r:?}");
+    assert!(
+        r.reasons
+            .iter()
+            .any(|x| x.contains("replaced 1 hung worker(s)") && x.contains(&id)),
+        "{r:?}"
+    );
+    let job = rt
+        .wait(&id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, sandwarden::job::JobStatus::Completed);
+    assert_eq!(job.attempts.len(), 2, "{:?}", job.attempts);
+    assert_eq!(job.attempts[0].outcome.as_deref(), Some("interrupted"));
+    assert!(
+        job.attempts[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("hung and was replaced")),
+        "{:?}",
+        job.attempts[0]
+    );
+    // The replacement takes work, and the next check finds the pool whole again.
+    let next = rt.submit(run_spec("after")).await.unwrap().0.id;
+    let done = rt.wait(&next, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.unwrap().status, sandwarden::job::JobStatus::Completed);
+    let r = check(rt.clone()).await;
+    assert_eq!(r.status, "healthy", "{r:?}");
+    assert_eq!(r.workers_alive, Some(1));
+    rt.shutdown().await.unwrap();
+}
