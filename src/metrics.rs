@@ -89,6 +89,27 @@ impl Metrics {
         h.sum += secs;
     }
 
+    /// One provider call as an event: logged (debug level, key=value or JSON) and counted.
+    /// `attempt` is 1 for the first try; `error` is the failure's message.
+    pub fn provider_call_event(
+        &self,
+        operation: &'static str,
+        attempt: u32,
+        outcome: &'static str,
+        error: Option<&str>,
+        took: Duration,
+    ) {
+        tracing::debug!(
+            operation,
+            attempt,
+            outcome,
+            duration_us = took.as_micros() as u64,
+            error,
+            "provider call"
+        );
+        self.provider_call(operation, outcome, took);
+    }
+
     /// One provider call: its outcome (`ok` or the error category) and latency.
     pub fn provider_call(&self, operation: &'static str, outcome: &'static str, took: Duration) {
         self.inc(

@@ -618,12 +618,14 @@ where
                 .map(|_| ())
                 .map_err(|e| (e.category(), e.message().to_string())),
         );
-        ctx.metrics.provider_call(
+        ctx.metrics.provider_call_event(
             op.as_str(),
+            retries + 1,
             outcome
                 .as_ref()
                 .map(|_| "ok")
                 .unwrap_or_else(|e| e.category().as_str()),
+            outcome.as_ref().err().map(|e| e.message()),
             call_started.elapsed(),
         );
         match &outcome {
@@ -638,7 +640,6 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        tracing::debug!(operation = op.as_str(), retries, category = err.category().as_str(), error = %err, "provider call failed");
         match ctx.retry.decide(
             err.category(),
             err.retry_after(),
