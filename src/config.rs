@@ -186,6 +186,28 @@ impl Settings {
         s.data_dir = data_dir.into();
         s
     }
+
+    /// Configure template `name`, as a `[local.templates.<name>]` table would.
+    pub fn set_template(&mut self, name: &str, template: Template) {
+        match template.network {
+            Some(n) => {
+                self.job_defaults
+                    .template_networks
+                    .insert(name.to_string(), network_access(n));
+            }
+            None => {
+                self.job_defaults.template_networks.remove(name);
+            }
+        }
+        self.templates.insert(name.to_string(), template);
+    }
+}
+
+fn network_access(n: Network) -> NetworkAccess {
+    match n {
+        Network::None => NetworkAccess::None,
+        Network::Host => NetworkAccess::Host,
+    }
 }
 
 /// One thing wrong with the configuration.
@@ -511,18 +533,14 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
     }
     // What a job's sandbox gets when neither the job nor its template says: on E2B the
     // internet (E2B's own default), locally `local.network`.
-    let to_access = |n: Network| match n {
-        Network::None => NetworkAccess::None,
-        Network::Host => NetworkAccess::Host,
-    };
     settings.job_defaults.network = match settings.provider {
-        ProviderKind::Local => to_access(settings.sandbox_network),
+        ProviderKind::Local => network_access(settings.sandbox_network),
         ProviderKind::E2b => NetworkAccess::Host,
     };
     settings.job_defaults.template_networks = settings
         .templates
         .iter()
-        .filter_map(|(name, t)| Some((name.clone(), to_access(t.network?))))
+        .filter_map(|(name, t)| Some((name.clone(), network_access(t.network?))))
         .collect();
     if settings.provider == ProviderKind::E2b && settings.e2b.api_key.is_none() {
         match std::env::var("E2B_API_KEY") {
@@ -1081,6 +1099,67 @@ mod tests {
             .unwrap();
             assert_eq!(s.workers, 7, "flags beat the environment");
             assert_eq!(s.listen.port(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure type
+    fn templates_and_resources_are_checked_together() {
+        Jail::expect_with(|jail| {
+            let tool = jail.directory().join("tool");
+            std::fs::create_dir(&tool).unwrap();
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    r#"
+                    [local]
+                    cgroups = "sometimes"
+                    cpus = 1.5
+                    network = "wifi"
+                    [local.templates.node]
+                    tools = ["{}", "relative/dir", "/does/not/exist"]
+                    network = "host"
+                    [local.templates.py]
+                    network = "maybe"
+                    colour = "blue"
+                    "#,
+                    tool.display()
+                ),
+            )?;
+            let err = load(&Overrides::default()).unwrap_err();
+            let mut keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                [
+                    "local.cgroups",
+                    "local.network",
+                    "local.templates.node.tools[1]",
+                    "local.templates.node.tools[2]",
+                    "local.templates.py.colour",
+                    "local.templates.py.network",
+                ],
+                "{err}"
+            );
+
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[local]\ncpus = 1.5\n[local.templates.node]\ntools = [\"{}\"]\nnetwork = \"host\"\n",
+                    tool.display()
+                ),
+            )?;
+            let s = load(&Overrides::default()).unwrap();
+            assert_eq!(s.local.cpu_millis, 1500);
+            assert_eq!(s.templates["node"].tools, [tool]);
+            assert_eq!(
+                s.job_defaults.template_networks.get("node"),
+                Some(&NetworkAccess::Host)
+            );
+            let rendered = render(&s);
+            assert!(rendered.contains("[local.templates.node]"), "{rendered}");
+            assert!(rendered.contains("cpus = 1.5"), "{rendered}");
             Ok(())
         });
     }

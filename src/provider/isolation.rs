@@ -283,7 +283,11 @@ devpts $R/dev/pts devpts newinstance,ptmxmode=0666,mode=620 0 0
 $R/dev/pts/ptmx $R/dev/ptmx none bind 0 0
 sw-tmp $R/tmp tmpfs mode=1777,nosuid,nodev 0 0
 proc $R/proc proc nosuid,nodev,noexec 0 0"
-while [ "$n" -gt 0 ]; do dirs="$dirs $R$2"; add "$1" "$R$2" rbind,ro; shift 2; n=$((n-1)); done
+# Extra binds are mounted in a second pass: their mount points may lie under /tmp or /dev/shm,
+# which the first pass covers with fresh tmpfs.
+xdirs=; xfstab=
+while [ "$n" -gt 0 ]; do xdirs="$xdirs $R$2"; xfstab="$xfstab
+$1 $R$2 none rbind,ro 0 0"; shift 2; n=$((n-1)); done
 mkdir -p $dirs
 for f in /etc/ld.so.cache /etc/ld.so.conf /etc/localtime /etc/nsswitch.conf /etc/protocols /etc/services /etc/mime.types; do
   if [ -f $f ]; then : > $R$f; fi
@@ -291,6 +295,12 @@ done
 for d in null zero full random urandom tty ptmx; do : > $R/dev/$d; done
 printf '%s\n' "$fstab" > $F
 mount -c -a -T $F
+if [ -n "$xfstab" ]; then
+  mkdir -p $xdirs
+  printf '%s\n' "$xfstab" > $R/.sw-fstab2
+  mount -c -a -T $R/.sw-fstab2
+  rm $R/.sw-fstab2
+fi
 if [ -L /dev/fd ] && [ -L /dev/stdin ] && [ -L /dev/stdout ] && [ -L /dev/stderr ]; then
   cp -P /dev/fd /dev/stdin /dev/stdout /dev/stderr $R/dev/
 else
