@@ -20,8 +20,8 @@
 //! `/home/user`. It then `pivot_root`s into it, detaches the old root, and runs the command as
 //! its child with the rlimits applied (`prlimit`), every capability dropped (`setpriv
 //! --bounding-set=-all --no-new-privs`) and only the job's environment (`env -i`). When the
-//! command's top process exits, pid 1 exits, and the kernel kills everything left in the
-//! namespace. Killing pid 1 (or the `unshare` parent, through `--kill-child`) kills everything.
+//! command's top process exits, pid 1 exits (after a 200 ms grace when the command left
+//! processes behind), and the kernel kills everything left in the namespace. Killing pid 1 (or the `unshare` parent, through `--kill-child`) kills everything.
 //!
 //! Because the namespace's root is an unprivileged host uid, `RLIMIT_NPROC` is enforced (it is
 //! not for host root), counted per user namespace, so it bounds each command's process tree
@@ -325,6 +325,13 @@ fi
 while [ "$n" -gt 0 ]; do shift 2; n=$((n-1)); done
 prlimit $lim -- setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- env -i -- "$@" /bin/sh -c "$cmd" </dev/null &
 wait $!
+rc=$?
+# Processes the command left behind get a short grace before they die with this one: enough to
+# finish a write, and for a runaway (a fork bomb whose top level returns at once) to meet the
+# step's limits and be reported as such. The glob costs no process when nothing is left.
+set -- /proc/[0-9]*
+if [ $# -gt 1 ]; then sleep 0.2; fi
+exit $rc
 "#;
 
 fn init_env() -> [(&'static str, &'static str); 2] {
