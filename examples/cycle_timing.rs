@@ -39,6 +39,7 @@ async fn main() {
         timeout: Duration::from_secs(60),
         env: BTreeMap::new(),
         metadata: BTreeMap::new(),
+        network: sandwarden::provider::Network::Host,
     };
     let run = RunSpec {
         cmd: "echo hi > out.txt; echo done".to_string(),

@@ -1,5 +1,6 @@
-//! Start-up cost of a local `run` step with and without namespace isolation, measured in the
-//! same run: median of 20 runs of `true` each, after a warm-up.
+//! Start-up cost of a local `run` step with and without namespace isolation, and with a cgroup
+//! of its own where cgroups work here, measured in the same run: median of 20 runs of `true`
+//! each, after a warm-up.
 //!
 //! `cargo run --release --example isolation_cost`
 
@@ -7,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sandwarden::provider::RunSpec;
-use sandwarden::provider::isolation::{Isolation, Network};
+use sandwarden::provider::cgroups::Cgroups;
+use sandwarden::provider::isolation::{Confinement, Isolation, Network};
 use sandwarden::provider::local::{LocalLimits, run_in};
 
 #[tokio::main]
@@ -20,20 +22,47 @@ async fn main() {
         env: BTreeMap::new(),
         max_output: 4096,
     };
+    let cgroups = match Cgroups::detect() {
+        Ok(c) => Some(c),
+        Err(why) => {
+            println!("no cgroups here: {why}");
+            None
+        }
+    };
+    let none = Confinement::default();
+    let host = Confinement {
+        network: Network::Host,
+        ..Confinement::default()
+    };
     let mut medians = Vec::new();
-    for (name, iso) in [
-        ("unisolated", Isolation::none()),
-        ("namespaces", Isolation::namespaces_unchecked(Network::None)),
+    let mut cases = vec![
+        ("unisolated", Isolation::none(), &none, None),
+        ("namespaces", Isolation::namespaces_unchecked(), &none, None),
         (
             "namespaces+host-net",
-            Isolation::namespaces_unchecked(Network::Host),
+            Isolation::namespaces_unchecked(),
+            &host,
+            None,
         ),
-    ] {
-        run_in(dir.path(), &limits, &iso, &spec).await.unwrap();
+    ];
+    if cgroups.is_some() {
+        cases.push((
+            "namespaces+cgroup",
+            Isolation::namespaces_unchecked(),
+            &none,
+            cgroups.as_ref(),
+        ));
+    }
+    for (name, iso, confine, cg) in cases {
+        run_in(dir.path(), &limits, &iso, confine, cg, &spec)
+            .await
+            .unwrap();
         let mut times = Vec::new();
         for _ in 0..20 {
             let t = Instant::now();
-            let out = run_in(dir.path(), &limits, &iso, &spec).await.unwrap();
+            let out = run_in(dir.path(), &limits, &iso, confine, cg, &spec)
+                .await
+                .unwrap();
             assert_eq!(out.exit_code, 0);
             times.push(t.elapsed());
         }

@@ -15,8 +15,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde_json::Value;
 
+use crate::job::NetworkAccess;
 use crate::job::spec::SpecDefaults;
+use crate::provider::Network;
 use crate::provider::local::LocalLimits;
+use crate::provider::template::{Template, valid_name};
 use crate::ratelimit::policy::Operation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,27 @@ pub enum IsolationKind {
     Namespaces,
     /// Plain processes: only for platforms that cannot isolate, and said loudly.
     None,
+}
+
+/// Whether local steps run in cgroups of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Where the platform allows it (said at start), rlimits otherwise.
+    Auto,
+    /// Required: the service does not start without them.
+    On,
+    /// Never: rlimits only.
+    Off,
+}
+
+impl CgroupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::Auto => "auto",
+            CgroupMode::On => "on",
+            CgroupMode::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +164,13 @@ pub struct Settings {
     pub job_defaults: SpecDefaults,
     pub local: LocalLimits,
     pub isolation: IsolationKind,
-    /// Network access of isolated sandboxes: false = none (the default), true = the host's.
-    pub sandbox_network: bool,
+    /// Network of isolated sandboxes whose job and template say nothing (`local.network`).
+    pub sandbox_network: Network,
+    pub cgroups: CgroupMode,
+    /// Where template directories are; `None`: `<data_dir>/templates`.
+    pub templates_dir: Option<PathBuf>,
+    /// `[local.templates.<name>]`: tools and network per template.
+    pub templates: BTreeMap<String, Template>,
     /// fsync on the calling thread (tests on tokio's paused clock); not a configuration key.
     pub inline_flush: bool,
     pub retry: RetrySettings,
@@ -158,6 +187,28 @@ impl Settings {
         let mut s = load_from(Figment::new()).expect("built-in defaults are valid");
         s.data_dir = data_dir.into();
         s
+    }
+
+    /// Configure template `name`, as a `[local.templates.<name>]` table would.
+    pub fn set_template(&mut self, name: &str, template: Template) {
+        match template.network {
+            Some(n) => {
+                self.job_defaults
+                    .template_networks
+                    .insert(name.to_string(), network_access(n));
+            }
+            None => {
+                self.job_defaults.template_networks.remove(name);
+            }
+        }
+        self.templates.insert(name.to_string(), template);
+    }
+}
+
+fn network_access(n: Network) -> NetworkAccess {
+    match n {
+        Network::None => NetworkAccess::None,
+        Network::Host => NetworkAccess::Host,
     }
 }
 
@@ -268,6 +319,9 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         max_steps: r.uint("jobs.max_steps", 100, 1, 10_000) as usize,
         max_step_timeout: r.duration("jobs.max_step_timeout", "1h"),
         max_sandbox_timeout: r.duration("sandbox.max_timeout", "24h"),
+        // Both filled in below, once the provider and the templates are known.
+        network: NetworkAccess::None,
+        template_networks: BTreeMap::new(),
     };
     let listen_text = r.string("listen", "127.0.0.1:8080");
     let listen = listen_text.parse().unwrap_or_else(|_| {
@@ -394,7 +448,23 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             open_files: r.uint("local.open_files", 1024, 16, 1 << 20),
             processes: r.uint("local.processes", 512, 1, 1 << 22),
             file_size_bytes: r.uint("local.file_size_bytes", 1 << 30, 1, u64::MAX),
+            disk_bytes: r.uint("local.disk_bytes", 4 << 30, 1, u64::MAX),
+            cpu_millis: (r.float("local.cpus", 0.0, 0.0, 4096.0) * 1000.0).round() as u64,
         },
+        cgroups: match r.string("local.cgroups", "auto").as_str() {
+            "auto" => CgroupMode::Auto,
+            "on" => CgroupMode::On,
+            "off" => CgroupMode::Off,
+            other => {
+                r.problem(
+                    "local.cgroups",
+                    format!("unknown cgroups mode {other:?}; expected \"auto\", \"on\" or \"off\""),
+                );
+                CgroupMode::Auto
+            }
+        },
+        templates_dir: r.opt_string("local.templates_dir").map(PathBuf::from),
+        templates: r.templates(),
         isolation: match r.string("local.isolation", "namespaces").as_str() {
             "namespaces" => IsolationKind::Namespaces,
             "none" => IsolationKind::None,
@@ -406,17 +476,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
                 IsolationKind::Namespaces
             }
         },
-        sandbox_network: match r.string("local.network", "none").as_str() {
-            "none" => false,
-            "host" => true,
-            other => {
-                r.problem(
-                    "local.network",
-                    format!("unknown network {other:?}; expected \"none\" or \"host\""),
-                );
-                false
-            }
-        },
+        sandbox_network: r.network("local.network").unwrap_or_default(),
         inline_flush: false,
         retry: RetrySettings {
             max_retries: r.uint("retry.max_retries", 3, 0, 100) as u32,
@@ -460,6 +520,33 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         },
     };
     r.unknown_keys();
+    if let Some(dir) = &settings.templates_dir
+        && !dir.is_dir()
+    {
+        r.problem(
+            "local.templates_dir",
+            format!("{} is not a directory", dir.display()),
+        );
+    }
+    let data_dir = settings.data_dir.canonicalize().ok();
+    for (name, t) in &settings.templates {
+        for (i, tool) in t.tools.iter().enumerate() {
+            if let Err(why) = check_tool(tool, data_dir.as_deref()) {
+                r.problem(&format!("local.templates.{name}.tools[{i}]"), why);
+            }
+        }
+    }
+    // What a job's sandbox gets when neither the job nor its template says: on E2B the
+    // internet (E2B's own default), locally `local.network`.
+    settings.job_defaults.network = match settings.provider {
+        ProviderKind::Local => network_access(settings.sandbox_network),
+        ProviderKind::E2b => NetworkAccess::Host,
+    };
+    settings.job_defaults.template_networks = settings
+        .templates
+        .iter()
+        .filter_map(|(name, t)| Some((name.clone(), network_access(t.network?))))
+        .collect();
     if settings.provider == ProviderKind::E2b && settings.e2b.api_key.is_none() {
         match std::env::var("E2B_API_KEY") {
             Ok(k) if !k.is_empty() => settings.e2b.api_key = Some(k),
@@ -476,6 +563,44 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             problems: r.problems,
         })
     }
+}
+
+/// A template's tool directory: absolute, an existing directory, a path the sandbox's mount
+/// table can carry (no whitespace, `\\` or `#`), and not holding the service's data.
+fn check_tool(tool: &Path, data_dir: Option<&Path>) -> Result<(), String> {
+    let shown = tool.display();
+    if !tool.is_absolute() {
+        return Err(format!("{shown} is not an absolute path"));
+    }
+    if tool.components().count() < 2 {
+        return Err("the root directory cannot be a tool directory".into());
+    }
+    let Some(text) = tool.to_str() else {
+        return Err(format!("{shown} is not UTF-8"));
+    };
+    if text
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b == b'\\' || b == b'#')
+    {
+        return Err(format!("{shown} contains whitespace, '\\' or '#'"));
+    }
+    if tool
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{shown} contains '..'"));
+    }
+    if !tool.is_dir() {
+        return Err(format!("{shown} is not an existing directory"));
+    }
+    if let (Some(data), Ok(real)) = (data_dir, tool.canonicalize())
+        && (data.starts_with(&real) || real.starts_with(data))
+    {
+        return Err(format!(
+            "{shown} would show the service's data directory to sandboxes"
+        ));
+    }
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -549,6 +674,79 @@ impl Reader<'_> {
                 }
                 other => self.problem(&full, format!("expected a user id, found {other}")),
             }
+        }
+        out
+    }
+
+    fn network(&mut self, key: &str) -> Option<Network> {
+        let text = match self.get(key).cloned()? {
+            Value::String(s) => s,
+            other => {
+                self.problem(key, format!("expected \"none\" or \"host\", found {other}"));
+                return None;
+            }
+        };
+        let n = Network::parse(&text);
+        if n.is_none() {
+            self.problem(
+                key,
+                format!("unknown network {text:?}; expected \"none\" or \"host\""),
+            );
+        }
+        n
+    }
+
+    /// `[local.templates.<name>]` tables: `tools` (absolute directories) and `network`.
+    fn templates(&mut self) -> BTreeMap<String, Template> {
+        let mut out = BTreeMap::new();
+        let Some(value) = self.get("local.templates").cloned() else {
+            return out;
+        };
+        let Value::Object(map) = value else {
+            self.problem(
+                "local.templates",
+                format!("expected tables [local.templates.<name>], found {value}"),
+            );
+            return out;
+        };
+        for (name, body) in map {
+            let key = format!("local.templates.{name}");
+            if !valid_name(&name) {
+                self.seen.insert(key.clone());
+                self.problem(
+                    &key,
+                    "a template name is letters, digits, '-', '_' and '.', not starting with '.'",
+                );
+                continue;
+            }
+            if !body.is_object() {
+                self.seen.insert(key.clone());
+                self.problem(&key, format!("expected a table, found {body}"));
+                continue;
+            }
+            let mut t = Template {
+                network: self.network(&format!("{key}.network")),
+                tools: Vec::new(),
+            };
+            match self.get(&format!("{key}.tools")).cloned() {
+                None => {}
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        match item {
+                            Value::String(p) => t.tools.push(PathBuf::from(p)),
+                            other => self.problem(
+                                &format!("{key}.tools[{i}]"),
+                                format!("expected a directory path, found {other}"),
+                            ),
+                        }
+                    }
+                }
+                Some(other) => self.problem(
+                    &format!("{key}.tools"),
+                    format!("expected a list of directories, found {other}"),
+                ),
+            }
+            out.insert(name, t);
         }
         out
     }
@@ -740,13 +938,31 @@ pub fn render(s: &Settings) -> String {
         d(s.health.idle_pause_after)
     );
     out += &format!(
-        "\n[local]\ncpu_time = {}\nmemory_bytes = {}\nopen_files = {}\nprocesses = {}\nfile_size_bytes = {}\n",
+        "\n[local]\ncpu_time = {}\nmemory_bytes = {}\nopen_files = {}\nprocesses = {}\nfile_size_bytes = {}\ndisk_bytes = {}\ncpus = {:?}\ncgroups = {:?}\nisolation = {:?}\nnetwork = {:?}\ntemplates_dir = {:?}\n",
         d(s.local.cpu_time),
         s.local.memory_bytes,
         s.local.open_files,
         s.local.processes,
-        s.local.file_size_bytes
+        s.local.file_size_bytes,
+        s.local.disk_bytes,
+        s.local.cpu_millis as f64 / 1000.0,
+        s.cgroups.as_str(),
+        match s.isolation {
+            IsolationKind::Namespaces => "namespaces",
+            IsolationKind::None => "none",
+        },
+        s.sandbox_network.as_str(),
+        s.templates_dir
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     );
+    for (name, t) in &s.templates {
+        out += &format!("\n[local.templates.{name}]\ntools = {:?}\n", t.tools);
+        if let Some(n) = t.network {
+            out += &format!("network = {:?}\n", n.as_str());
+        }
+    }
     let r = &s.retry;
     out += &format!(
         "\n[retry]\nmax_retries = {}\nbase = {}\ncap = {}\nmultiplier = {}\njitter = {:?}\nrate_limit_delay = {}\n",
@@ -890,6 +1106,67 @@ mod tests {
             .unwrap();
             assert_eq!(s.workers, 7, "flags beat the environment");
             assert_eq!(s.listen.port(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure type
+    fn templates_and_resources_are_checked_together() {
+        Jail::expect_with(|jail| {
+            let tool = jail.directory().join("tool");
+            std::fs::create_dir(&tool).unwrap();
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    r#"
+                    [local]
+                    cgroups = "sometimes"
+                    cpus = 1.5
+                    network = "wifi"
+                    [local.templates.node]
+                    tools = ["{}", "relative/dir", "/does/not/exist"]
+                    network = "host"
+                    [local.templates.py]
+                    network = "maybe"
+                    colour = "blue"
+                    "#,
+                    tool.display()
+                ),
+            )?;
+            let err = load(&Overrides::default()).unwrap_err();
+            let mut keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                [
+                    "local.cgroups",
+                    "local.network",
+                    "local.templates.node.tools[1]",
+                    "local.templates.node.tools[2]",
+                    "local.templates.py.colour",
+                    "local.templates.py.network",
+                ],
+                "{err}"
+            );
+
+            jail.create_file(
+                "config.toml",
+                &format!(
+                    "[local]\ncpus = 1.5\n[local.templates.node]\ntools = [\"{}\"]\nnetwork = \"host\"\n",
+                    tool.display()
+                ),
+            )?;
+            let s = load(&Overrides::default()).unwrap();
+            assert_eq!(s.local.cpu_millis, 1500);
+            assert_eq!(s.templates["node"].tools, [tool]);
+            assert_eq!(
+                s.job_defaults.template_networks.get("node"),
+                Some(&NetworkAccess::Host)
+            );
+            let rendered = render(&s);
+            assert!(rendered.contains("[local.templates.node]"), "{rendered}");
+            assert!(rendered.contains("cpus = 1.5"), "{rendered}");
             Ok(())
         });
     }

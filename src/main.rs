@@ -148,6 +148,46 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 }
+                let resources = match settings.cgroups {
+                    config::CgroupMode::Off => "rlimits only (local.cgroups = \"off\")".to_string(),
+                    mode => match sandwarden::provider::cgroups::Cgroups::detect() {
+                        Ok(c) => format!(
+                            "{} per run step (memory, processes{}); rlimits: cpu time, open files, file size",
+                            c.describe(),
+                            if settings.local.cpu_millis > 0 {
+                                ", cpu share"
+                            } else {
+                                ""
+                            },
+                        ),
+                        Err(why) if mode == config::CgroupMode::On => {
+                            eprintln!("local.cgroups: cgroups are not usable here: {why}");
+                            return ExitCode::from(2);
+                        }
+                        Err(why) => format!(
+                            "rlimits only (memory as RLIMIT_AS, processes as RLIMIT_NPROC): cgroups are not usable here: {why}"
+                        ),
+                    },
+                };
+                println!(
+                    "# resources in effect: {resources}; disk use of the sandbox directory checked per step"
+                );
+                let t = sandwarden::runtime::local_templates(&settings);
+                let dir = t.dir.clone().unwrap_or_default();
+                println!(
+                    "# templates: directory {} ({}); configured: {}",
+                    dir.display(),
+                    if dir.is_dir() {
+                        "present"
+                    } else {
+                        "absent: only base and configured templates"
+                    },
+                    if t.configured.is_empty() {
+                        "none".to_string()
+                    } else {
+                        t.configured.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                );
             }
             ExitCode::SUCCESS
         }

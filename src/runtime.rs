@@ -25,17 +25,19 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, watch};
 
 use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitBreakerActor};
-use crate::config::{IsolationKind, ProviderKind, Settings};
+use crate::config::{CgroupMode, IsolationKind, ProviderKind, Settings};
 use crate::health::{HealthArgs, HealthMonitorActor, HealthMsg, HealthReport, TaskRun, TaskView};
 use crate::job::{Job, JobSpec, JobStatus};
 use crate::metrics::Metrics;
 use crate::notify::{Notification, NotifierActor, NotifierArgs, NotifierLink};
 use crate::pool::{PoolArgs, PoolMsg, SandboxPool, WorkerContext};
 use crate::provider::Provider;
+use crate::provider::cgroups::Cgroups;
 use crate::provider::e2b::{E2bConfig, E2bProvider};
 use crate::provider::faults::{FaultControl, Faults, FaultyProvider};
-use crate::provider::isolation::{Isolation, Network};
+use crate::provider::isolation::Isolation;
 use crate::provider::local::LocalProvider;
+use crate::provider::template::Templates;
 use crate::queue::{JobEvent, QueueActor, QueueArgs, QueueError, QueueMsg, QueueStats};
 use crate::ratelimit::{LimiterArgs, LimiterLink, LimitsView, RateLimiterActor};
 use crate::retry::{Jitter, RetryPolicy};
@@ -352,13 +354,16 @@ impl Runtime {
         let provider: Arc<dyn Provider> = match settings.provider {
             ProviderKind::Local => {
                 let isolation = local_isolation(&settings)?;
+                let cgroups = local_cgroups(&settings)?;
                 Arc::new(
                     LocalProvider::new(settings.data_dir.join("sandboxes"), settings.local.clone())
                         .map_err(|e| RuntimeError::Provider {
                             provider: "local",
                             why: e.to_string(),
                         })?
-                        .with_isolation(isolation),
+                        .with_isolation(isolation)
+                        .with_templates(local_templates(&settings))
+                        .with_cgroups(cgroups),
                 )
             }
             ProviderKind::E2b => {
@@ -470,14 +475,13 @@ pub fn local_isolation(settings: &Settings) -> Result<Isolation, RuntimeError> {
             Ok(Isolation::none())
         }
         IsolationKind::Namespaces => {
-            let network = if settings.sandbox_network {
-                Network::Host
-            } else {
-                Network::None
-            };
-            match Isolation::namespaces(network) {
+            let network = settings.sandbox_network;
+            match Isolation::namespaces() {
                 Ok(iso) => {
-                    tracing::info!(network = ?network, "local sandboxes isolated with namespaces");
+                    tracing::info!(
+                        default_network = network.as_str(),
+                        "local sandboxes isolated with namespaces"
+                    );
                     Ok(iso)
                 }
                 Err(probe) => Err(RuntimeError::Provider {
@@ -488,6 +492,44 @@ pub fn local_isolation(settings: &Settings) -> Result<Isolation, RuntimeError> {
                     ),
                 }),
             }
+        }
+    }
+}
+
+/// Where local sandboxes' templates come from.
+pub fn local_templates(settings: &Settings) -> Templates {
+    Templates {
+        dir: Some(
+            settings
+                .templates_dir
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("templates")),
+        ),
+        configured: settings.templates.clone(),
+    }
+}
+
+/// The cgroups local steps run in, if the settings want them and the platform has them; said
+/// in one line either way.
+pub fn local_cgroups(settings: &Settings) -> Result<Option<Cgroups>, RuntimeError> {
+    if settings.cgroups == CgroupMode::Off {
+        tracing::info!("local steps are bounded by rlimits only (local.cgroups = \"off\")");
+        return Ok(None);
+    }
+    match Cgroups::detect() {
+        Ok(c) => {
+            tracing::info!(mechanism = %c.describe(), "local steps run in cgroups of their own");
+            Ok(Some(c))
+        }
+        Err(why) if settings.cgroups == CgroupMode::On => Err(RuntimeError::Provider {
+            provider: "local",
+            why: format!("local.cgroups = \"on\" but cgroups are not usable here: {why}"),
+        }),
+        Err(why) => {
+            tracing::warn!(
+                "cgroups are not usable here, local steps are bounded by rlimits only: {why}"
+            );
+            Ok(None)
         }
     }
 }

@@ -112,6 +112,8 @@ impl Registry {
             timeout: new.timeout,
             env: new.env_vars.clone(),
             metadata: new.metadata.clone(),
+            // The emulator's sandboxes are plain directories and processes: no network choice.
+            network: crate::provider::Network::Host,
         };
         let local_id = self.local.create(&spec).await?;
         let now = crate::clock::now_ms();

@@ -79,6 +79,35 @@ impl JobStatus {
     }
 }
 
+/// Network access of a job's sandbox, as recorded: the job's own choice, else its template's,
+/// else the service's default (`local.network`; E2B's is the internet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkAccess {
+    /// Loopback only.
+    #[default]
+    None,
+    /// The host's network (local) or the internet (E2B).
+    Host,
+}
+
+impl NetworkAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkAccess::None => "none",
+            NetworkAccess::Host => "host",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(NetworkAccess::None),
+            "host" => Some(NetworkAccess::Host),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRequest {
     pub template: String,
@@ -86,6 +115,10 @@ pub struct SandboxRequest {
     pub timeout: Duration,
     pub env: BTreeMap<String, String>,
     pub keep: bool,
+    /// The effective choice (records from before the field existed read as `none`). A job in a
+    /// kept sandbox (`sandbox_id`) runs with that sandbox's network.
+    #[serde(default)]
+    pub network: NetworkAccess,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{JobSpec, Priority, SandboxRequest, Step};
+use super::{JobSpec, NetworkAccess, Priority, SandboxRequest, Step};
 
 /// Values used where a request leaves a field out, and the bounds requests must stay within.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,10 @@ pub struct SpecDefaults {
     pub max_steps: usize,
     pub max_step_timeout: Duration,
     pub max_sandbox_timeout: Duration,
+    /// Network of a sandbox whose job and template say nothing.
+    pub network: NetworkAccess,
+    /// Templates that choose a network (`[local.templates.<name>] network`).
+    pub template_networks: BTreeMap<String, NetworkAccess>,
 }
 
 impl Default for SpecDefaults {
@@ -33,6 +37,8 @@ impl Default for SpecDefaults {
             max_steps: 100,
             max_step_timeout: Duration::from_secs(3600),
             max_sandbox_timeout: Duration::from_secs(24 * 3600),
+            network: NetworkAccess::None,
+            template_networks: BTreeMap::new(),
         }
     }
 }
@@ -93,6 +99,8 @@ struct RawSandbox {
     env: BTreeMap<String, String>,
     #[serde(default)]
     keep: bool,
+    /// "none" or "host".
+    network: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +182,19 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
     }
     let template = raw.sandbox.template.unwrap_or_else(|| d.template.clone());
     check_name("sandbox.template", &template)?;
+    let network = match raw.sandbox.network.as_deref() {
+        Some(text) => NetworkAccess::parse(text).ok_or_else(|| {
+            SpecError::field(
+                "sandbox.network",
+                format!("unknown network {text:?}; expected \"none\" or \"host\""),
+            )
+        })?,
+        None => d
+            .template_networks
+            .get(&template)
+            .copied()
+            .unwrap_or(d.network),
+    };
     let timeout = duration(
         "sandbox.timeout",
         raw.sandbox.timeout.as_deref(),
@@ -303,6 +324,7 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
             timeout,
             env: raw.sandbox.env,
             keep: raw.sandbox.keep,
+            network,
         },
         steps,
     })
@@ -433,6 +455,14 @@ mod tests {
                 r#"{"user_id":"u","sandbox":{"timeout":"-5s"},"steps":[{"run":{"cmd":"x"}}]}"#,
                 "sandbox.timeout",
             ),
+            (
+                r#"{"user_id":"u","sandbox":{"network":"wifi"},"steps":[{"run":{"cmd":"x"}}]}"#,
+                "sandbox.network",
+            ),
+            (
+                r#"{"user_id":"u","sandbox":{"network":true},"steps":[{"run":{"cmd":"x"}}]}"#,
+                "sandbox.network",
+            ),
         ];
         for (body, field) in cases {
             let e = parse_str(body).unwrap_err();
@@ -443,6 +473,32 @@ mod tests {
         assert!(missing.message.contains("user_id"), "{missing:?}");
         let unknown = parse_str(r#"{"user_id":"u","colour":1,"steps":[]}"#).unwrap_err();
         assert!(unknown.message.contains("colour"), "{unknown:?}");
+    }
+
+    #[test]
+    fn network_is_the_jobs_else_the_templates_else_the_default() {
+        let d = SpecDefaults {
+            template_networks: BTreeMap::from([("web".to_string(), NetworkAccess::Host)]),
+            ..SpecDefaults::default()
+        };
+        let net = |sandbox: &str| {
+            let body = format!(
+                r#"{{"user_id":"u","sandbox":{sandbox},"steps":[{{"run":{{"cmd":"x"}}}}]}}"#
+            );
+            parse(body.as_bytes(), &d).unwrap().sandbox.network
+        };
+        assert_eq!(net("{}"), NetworkAccess::None);
+        assert_eq!(net(r#"{"template":"web"}"#), NetworkAccess::Host);
+        assert_eq!(
+            net(r#"{"template":"web","network":"none"}"#),
+            NetworkAccess::None
+        );
+        assert_eq!(net(r#"{"network":"host"}"#), NetworkAccess::Host);
+        let e = parse_str(
+            r#"{"user_id":"u","sandbox":{"network":"wifi"},"steps":[{"run":{"cmd":"x"}}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("\"wifi\""), "{e:?}");
     }
 
     #[test]

@@ -503,6 +503,10 @@ async fn create_sandbox(
         timeout: job.spec.sandbox.timeout,
         env: job.spec.sandbox.env.clone(),
         metadata: metadata.clone(),
+        network: match job.spec.sandbox.network {
+            crate::job::NetworkAccess::None => crate::provider::Network::None,
+            crate::job::NetworkAccess::Host => crate::provider::Network::Host,
+        },
     };
     if job.attempts.len() > 1 {
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, reap_earlier_attempts(ctx, job)).await;

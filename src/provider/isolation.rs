@@ -20,8 +20,8 @@
 //! `/home/user`. It then `pivot_root`s into it, detaches the old root, and runs the command as
 //! its child with the rlimits applied (`prlimit`), every capability dropped (`setpriv
 //! --bounding-set=-all --no-new-privs`) and only the job's environment (`env -i`). When the
-//! command's top process exits, pid 1 exits, and the kernel kills everything left in the
-//! namespace. Killing pid 1 (or the `unshare` parent, through `--kill-child`) kills everything.
+//! command's top process exits, pid 1 exits (after a 200 ms grace when the command left
+//! processes behind), and the kernel kills everything left in the namespace. Killing pid 1 (or the `unshare` parent, through `--kill-child`) kills everything.
 //!
 //! Because the namespace's root is an unprivileged host uid, `RLIMIT_NPROC` is enforced (it is
 //! not for host root), counted per user namespace, so it bounds each command's process tree
@@ -44,23 +44,26 @@ pub const SANDBOX_HOST_UID: u32 = 1_879_048_192; // 0x7000_0000
 pub const SETUP_FAILED_CODE: i32 = 125;
 pub const SETUP_FAILED: &str = "sandwarden-init: sandbox setup failed";
 
-/// Network access of an isolated command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Network {
-    /// A fresh network namespace: only a loopback interface (up when `ip` is installed).
-    #[default]
-    None,
-    /// The host's network namespace (and its `/etc/resolv.conf`).
-    Host,
-}
+pub use super::Network;
 
 /// Which isolation a local provider applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Isolation {
     mode: Mode,
-    pub network: Network,
-    /// Extra read-only binds: (host path, path inside the sandbox).
+    /// Extra read-only binds for every sandbox: (host path, path inside the sandbox).
     pub extra_ro: Vec<(PathBuf, PathBuf)>,
+}
+
+/// What one sandbox's commands get beyond the provider-wide isolation: chosen when the sandbox
+/// is created (job, template, configuration) and kept with it, so every step sees the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// A fresh network namespace (loopback only) or the host's.
+    pub network: Network,
+    /// Host directories bound read-only at the same path inside the sandbox (a template's tools).
+    pub tools: Vec<PathBuf>,
+    /// `cgroup.procs` files the command joins before anything else runs (see `cgroups`).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,26 +78,24 @@ impl Isolation {
     pub fn none() -> Self {
         Isolation {
             mode: Mode::None,
-            network: Network::None,
             extra_ro: Vec::new(),
         }
     }
 
     /// Namespace isolation, after checking with [`probe`] that it works here. The error lists the
     /// problems, for the service to refuse to start with.
-    pub fn namespaces(network: Network) -> Result<Self, Probe> {
+    pub fn namespaces() -> Result<Self, Probe> {
         let p = probe();
         if !p.ok() {
             return Err(p);
         }
-        Ok(Self::namespaces_unchecked(network))
+        Ok(Self::namespaces_unchecked())
     }
 
     /// Namespace isolation without probing (tests, or when the caller probed already).
-    pub fn namespaces_unchecked(network: Network) -> Self {
+    pub fn namespaces_unchecked() -> Self {
         Isolation {
             mode: Mode::Namespaces,
-            network,
             extra_ro: Vec::new(),
         }
     }
@@ -109,25 +110,36 @@ impl Isolation {
     }
 
     /// The command that runs `cmd` for a sandbox under this isolation (see [`command`]); without
-    /// isolation, the old `prlimit ... /bin/sh -c` in `sandbox_dir`.
+    /// isolation, the old `prlimit ... /bin/sh -c` in `sandbox_dir` (where the network choice
+    /// and the tools cannot be applied: the host is all there is). Either way the command first
+    /// joins `confine.cgroup_procs`.
     pub fn command(
         &self,
         sandbox_dir: &Path,
         cmd: &str,
         env: &BTreeMap<String, String>,
         limits: &LocalLimits,
+        confine: &Confinement,
     ) -> tokio::process::Command {
+        let mut a = join_cgroups(&confine.cgroup_procs);
         match self.mode {
             Mode::Namespaces => {
-                command(sandbox_dir, cmd, env, limits, self.network, &self.extra_ro)
+                let mut ro = self.extra_ro.clone();
+                ro.extend(confine.tools.iter().map(|t| (t.clone(), t.clone())));
+                a.extend(argv(cmd, env, limits, confine.network, &ro, FULL));
+                let mut c = tokio::process::Command::new(&a[0]);
+                c.args(&a[1..])
+                    .current_dir(sandbox_dir)
+                    .env_clear()
+                    .envs(init_env());
+                c
             }
             Mode::None => {
-                let mut c = tokio::process::Command::new("prlimit");
-                c.args(prlimit_args(limits))
-                    .arg("--")
-                    .arg("/bin/sh")
-                    .arg("-c")
-                    .arg(cmd)
+                a.push("prlimit".into());
+                a.extend(prlimit_args(limits).into_iter().map(OsString::from));
+                a.extend(["--", "/bin/sh", "-c", cmd].map(OsString::from));
+                let mut c = tokio::process::Command::new(&a[0]);
+                c.args(&a[1..])
                     .current_dir(sandbox_dir)
                     .env_clear()
                     .envs(env);
@@ -194,13 +206,44 @@ fn adopt(root: &Path, path: &Path) -> io::Result<()> {
 
 fn prlimit_args(limits: &LocalLimits) -> Vec<String> {
     let cpu = limits.cpu_time.as_secs().max(1);
+    let n = |v: u64| {
+        if v == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
     vec![
         format!("--cpu={cpu}"),
-        format!("--as={}", limits.memory_bytes),
-        format!("--nofile={}", limits.open_files),
-        format!("--nproc={}", limits.processes),
-        format!("--fsize={}", limits.file_size_bytes),
+        format!("--as={}", n(limits.memory_bytes)),
+        format!("--nofile={}", n(limits.open_files)),
+        format!("--nproc={}", n(limits.processes)),
+        format!("--fsize={}", n(limits.file_size_bytes)),
     ]
+}
+
+/// Moves itself into each cgroup named before `--`, then becomes the rest of its arguments: the
+/// command joins its cgroups before it can fork, with no code between fork and exec in this
+/// process (which `#![forbid(unsafe_code)]` rules out).
+const JOIN: &str = r#"
+for p; do
+  shift
+  [ "$p" = -- ] && break
+  echo $$ > "$p" || { echo "sandwarden-init: sandbox setup failed: cannot join cgroup $p" >&2; exit 125; }
+done
+exec "$@"
+"#;
+
+fn join_cgroups(procs: &[PathBuf]) -> Vec<OsString> {
+    if procs.is_empty() {
+        return Vec::new();
+    }
+    let mut a: Vec<OsString> = ["/bin/sh", "-c", JOIN, "sw-join"]
+        .map(OsString::from)
+        .to_vec();
+    a.extend(procs.iter().map(|p| p.clone().into_os_string()));
+    a.push("--".into());
+    a
 }
 
 /// Runs as pid 1 of the new PID namespace, as root of the new user namespace, with the sandbox
@@ -240,7 +283,11 @@ devpts $R/dev/pts devpts newinstance,ptmxmode=0666,mode=620 0 0
 $R/dev/pts/ptmx $R/dev/ptmx none bind 0 0
 sw-tmp $R/tmp tmpfs mode=1777,nosuid,nodev 0 0
 proc $R/proc proc nosuid,nodev,noexec 0 0"
-while [ "$n" -gt 0 ]; do dirs="$dirs $R$2"; add "$1" "$R$2" rbind,ro; shift 2; n=$((n-1)); done
+# Extra binds are mounted in a second pass: their mount points may lie under /tmp or /dev/shm,
+# which the first pass covers with fresh tmpfs.
+xdirs=; xfstab=
+while [ "$n" -gt 0 ]; do xdirs="$xdirs $R$2"; xfstab="$xfstab
+$1 $R$2 none rbind,ro 0 0"; shift 2; n=$((n-1)); done
 mkdir -p $dirs
 for f in /etc/ld.so.cache /etc/ld.so.conf /etc/localtime /etc/nsswitch.conf /etc/protocols /etc/services /etc/mime.types; do
   if [ -f $f ]; then : > $R$f; fi
@@ -248,6 +295,12 @@ done
 for d in null zero full random urandom tty ptmx; do : > $R/dev/$d; done
 printf '%s\n' "$fstab" > $F
 mount -c -a -T $F
+if [ -n "$xfstab" ]; then
+  mkdir -p $xdirs
+  printf '%s\n' "$xfstab" > $R/.sw-fstab2
+  mount -c -a -T $R/.sw-fstab2
+  rm $R/.sw-fstab2
+fi
 if [ -L /dev/fd ] && [ -L /dev/stdin ] && [ -L /dev/stdout ] && [ -L /dev/stderr ]; then
   cp -P /dev/fd /dev/stdin /dev/stdout /dev/stderr $R/dev/
 else
@@ -272,6 +325,13 @@ fi
 while [ "$n" -gt 0 ]; do shift 2; n=$((n-1)); done
 prlimit $lim -- setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- env -i -- "$@" /bin/sh -c "$cmd" </dev/null &
 wait $!
+rc=$?
+# Processes the command left behind get a short grace before they die with this one: enough to
+# finish a write, and for a runaway (a fork bomb whose top level returns at once) to meet the
+# step's limits and be reported as such. The glob costs no process when nothing is left.
+set -- /proc/[0-9]*
+if [ $# -gt 1 ]; then sleep 0.2; fi
+exit $rc
 "#;
 
 fn init_env() -> [(&'static str, &'static str); 2] {
@@ -365,26 +425,6 @@ const FULL: &[&str] = &[
     "--ipc",
     "--uts",
 ];
-
-/// Build the command that runs `cmd` isolated, with `sandbox_dir` as `/home/user` (its working
-/// directory and `HOME`). `env` is the command's whole environment (the caller adds `PATH`,
-/// `HOME`...). The caller sets stdio, the process group and `kill_on_drop`.
-pub fn command(
-    sandbox_dir: &Path,
-    cmd: &str,
-    env: &BTreeMap<String, String>,
-    limits: &LocalLimits,
-    network: Network,
-    extra_ro: &[(PathBuf, PathBuf)],
-) -> tokio::process::Command {
-    let a = argv(cmd, env, limits, network, extra_ro, FULL);
-    let mut c = tokio::process::Command::new(&a[0]);
-    c.args(&a[1..])
-        .current_dir(sandbox_dir)
-        .env_clear()
-        .envs(init_env());
-    c
-}
 
 /// Which isolation mechanisms work on this machine, for this user.
 #[derive(Debug, Clone, PartialEq, Eq)]

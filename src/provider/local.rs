@@ -6,6 +6,12 @@
 //! the shell starts, and the whole group is killed when the command ends or its timeout fires,
 //! so that no process outlives its step. Paths are confined by `paths`. This module never
 //! retries and never decides whether a failure is worth retrying beyond classifying it.
+//!
+//! A sandbox is made from a template (`template`), which may seed its directory and name
+//! read-only tool directories; its network and tools are kept in its `.meta` file, so that every
+//! later step (and session job) gets the same. Where cgroups work (`cgroups`), each step runs in
+//! a cgroup of its own whose memory and process bounds the kernel enforces and reports; the
+//! directory's total disk use is checked after every write and run step, and during a run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
@@ -18,8 +24,12 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::isolation::{Isolation, SETUP_FAILED, SETUP_FAILED_CODE};
-use super::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec, paths};
+use super::cgroups::{CgroupLimits, Cgroups, Exceeded};
+use super::isolation::{Confinement, Isolation, SETUP_FAILED, SETUP_FAILED_CODE};
+use super::template::Templates;
+use super::{
+    Network, Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec, paths,
+};
 
 /// Resource bounds for every process of a local sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +39,10 @@ pub struct LocalLimits {
     pub open_files: u64,
     pub processes: u64,
     pub file_size_bytes: u64,
+    /// Total disk use of the sandbox directory (allocated blocks).
+    pub disk_bytes: u64,
+    /// CPU share of a step in thousandths of a CPU (cgroups only); 0 = unbounded.
+    pub cpu_millis: u64,
 }
 
 impl Default for LocalLimits {
@@ -39,6 +53,8 @@ impl Default for LocalLimits {
             open_files: 1024,
             processes: 512,
             file_size_bytes: 1 << 30,
+            disk_bytes: 4 << 30,
+            cpu_millis: 0,
         }
     }
 }
@@ -49,6 +65,9 @@ pub struct LocalProvider {
     root: PathBuf,
     limits: LocalLimits,
     isolation: Isolation,
+    /// `None`: any template name makes an empty sandbox (the emulator, which takes E2B's).
+    templates: Option<Templates>,
+    cgroups: Option<Cgroups>,
     /// Process groups of the commands running now, by sandbox, so that a pause can stop them.
     running: std::sync::Mutex<HashMap<String, Vec<Pid>>>,
 }
@@ -62,8 +81,22 @@ impl LocalProvider {
             root,
             limits,
             isolation: Isolation::none(),
+            templates: None,
+            cgroups: None,
             running: Default::default(),
         })
+    }
+
+    /// Make sandboxes from `templates`; unknown template names are refused.
+    pub fn with_templates(mut self, templates: Templates) -> Self {
+        self.templates = Some(templates);
+        self
+    }
+
+    /// Run every step in a cgroup of its own under `cgroups` (see `cgroups::Cgroups::detect`).
+    pub fn with_cgroups(mut self, cgroups: Option<Cgroups>) -> Self {
+        self.cgroups = cgroups;
+        self
     }
 
     /// Run every command under `isolation` (see `isolation::Isolation::namespaces`).
@@ -167,17 +200,34 @@ impl Provider for LocalProvider {
                 "creating an unisolated local sandbox: its commands can touch this host"
             );
         }
+        let template = match &self.templates {
+            Some(t) => t.resolve(&spec.template)?,
+            None => Default::default(),
+        };
         let id = new_sandbox_id();
         let dir = self.root.join(&id);
-        let meta = encode_meta(&spec.metadata, crate::clock::now_ms());
+        let meta = Meta {
+            metadata: spec.metadata.clone(),
+            started_at_ms: crate::clock::now_ms(),
+            network: spec.network,
+            tools: template.tools,
+        };
         let meta_path = self.meta_path(&id);
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let isolation = self.isolation.clone();
+        let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir(&dir)?;
-            std::fs::write(meta_path, meta)
+            if let Some(seed) = &template.seed {
+                let root = dir.canonicalize()?;
+                super::template::seed(seed, &root, &mut |p| isolation.adopt(&root, p))?;
+            }
+            std::fs::write(meta_path, meta.encode())
         })
         .await
-        .map_err(|e| internal("create sandbox", e))?
         .map_err(|e| internal("create sandbox", e))?;
+        if let Err(e) = made {
+            let _ = self.kill(&id).await;
+            return Err(internal("create sandbox", e));
+        }
         Ok(id)
     }
 
@@ -191,8 +241,13 @@ impl Provider for LocalProvider {
         let path = path.to_string();
         let content = content.to_vec();
         let isolation = self.isolation.clone();
+        let disk_limit = self.limits.disk_bytes;
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
+            let used = disk_use(&root);
+            if used.saturating_add(content.len() as u64) > disk_limit {
+                return Err(disk_exceeded(used + content.len() as u64, disk_limit));
+            }
             use std::os::unix::fs::OpenOptionsExt;
             let full = paths::for_write(&root, &path)?;
             let mut f = std::fs::OpenOptions::new()
@@ -216,16 +271,35 @@ impl Provider for LocalProvider {
 
     async fn run(&self, sandbox: &str, spec: &RunSpec) -> Result<RunOutput, ProviderError> {
         let dir = self.usable_dir(sandbox)?;
+        let meta_path = self.meta_path(sandbox);
+        let meta = tokio::task::spawn_blocking(move || std::fs::read_to_string(meta_path))
+            .await
+            .map_err(|e| internal("read sandbox meta", e))?
+            .map(|t| Meta::decode(&t))
+            .unwrap_or_default();
+        let confine = Confinement {
+            network: meta.network,
+            tools: meta.tools,
+            cgroup_procs: Vec::new(),
+        };
         let mut guard = None;
-        run_started_in(&dir, &self.limits, &self.isolation, spec, |pgid| {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            running.entry(sandbox.to_string()).or_default().push(pgid);
-            guard = Some(Running {
-                provider: self,
-                sandbox: sandbox.to_string(),
-                pgid,
-            });
-        })
+        run_started_in(
+            &dir,
+            &self.limits,
+            &self.isolation,
+            &confine,
+            self.cgroups.as_ref(),
+            spec,
+            |pgid| {
+                let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                running.entry(sandbox.to_string()).or_default().push(pgid);
+                guard = Some(Running {
+                    provider: self,
+                    sandbox: sandbox.to_string(),
+                    pgid,
+                });
+            },
+        )
         .await
     }
 
@@ -296,11 +370,11 @@ impl Provider for LocalProvider {
                     continue;
                 }
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let (metadata, started_at_ms) = decode_meta(&text);
+                let meta = Meta::decode(&text);
                 out.push(SandboxInfo {
                     id: id.to_string(),
-                    metadata,
-                    started_at_ms,
+                    metadata: meta.metadata,
+                    started_at_ms: meta.started_at_ms,
                 });
             }
             out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -336,30 +410,86 @@ impl Provider for LocalProvider {
     }
 }
 
-fn encode_meta(metadata: &BTreeMap<String, String>, started_at_ms: u64) -> String {
-    serde_json::json!({ "started_at_ms": started_at_ms, "metadata": metadata }).to_string()
+/// What a sandbox's `.meta` file keeps: its tags and start, and what its steps run with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Meta {
+    metadata: BTreeMap<String, String>,
+    started_at_ms: u64,
+    network: Network,
+    tools: Vec<PathBuf>,
 }
 
-fn decode_meta(text: &str) -> (BTreeMap<String, String>, u64) {
-    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-    let metadata = v
-        .get("metadata")
-        .and_then(|m| serde_json::from_value(m.clone()).ok())
-        .unwrap_or_default();
-    (
-        metadata,
-        v.get("started_at_ms").and_then(|s| s.as_u64()).unwrap_or(0),
-    )
+impl Meta {
+    fn encode(&self) -> String {
+        serde_json::json!({
+            "started_at_ms": self.started_at_ms,
+            "metadata": self.metadata,
+            "network": self.network.as_str(),
+            "tools": self.tools,
+        })
+        .to_string()
+    }
+
+    /// Lenient: a file from before a field existed gets its default (no network, no tools).
+    fn decode(text: &str) -> Meta {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        Meta {
+            metadata: v
+                .get("metadata")
+                .and_then(|m| serde_json::from_value(m.clone()).ok())
+                .unwrap_or_default(),
+            started_at_ms: v.get("started_at_ms").and_then(|s| s.as_u64()).unwrap_or(0),
+            network: v
+                .get("network")
+                .and_then(|n| n.as_str())
+                .and_then(Network::parse)
+                .unwrap_or_default(),
+            tools: v
+                .get("tools")
+                .and_then(|t| serde_json::from_value(t.clone()).ok())
+                .unwrap_or_default(),
+        }
+    }
 }
 
-/// Run one command in `dir` and kill its whole process group when it ends or times out.
+/// Bytes allocated to everything under `dir` (no link followed): what it costs the disk, so a
+/// sparse file counts for what it holds.
+pub fn disk_use(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            total = total.saturating_add(meta.blocks() * 512);
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+fn disk_exceeded(used: u64, limit: u64) -> ProviderError {
+    ProviderError::resource_limit(format!(
+        "sandbox directory would use {used} bytes, over its disk limit of {limit} bytes"
+    ))
+}
+
+/// Run one command in `dir` and kill its whole process group when it ends or times out. With
+/// `cgroups`, the command runs in a cgroup of its own, made for it and removed after it.
 pub async fn run_in(
     dir: &Path,
     limits: &LocalLimits,
     isolation: &Isolation,
+    confine: &Confinement,
+    cgroups: Option<&Cgroups>,
     spec: &RunSpec,
 ) -> Result<RunOutput, ProviderError> {
-    run_started_in(dir, limits, isolation, spec, |_| {}).await
+    run_started_in(dir, limits, isolation, confine, cgroups, spec, |_| {}).await
 }
 
 /// `run_in`, telling `started` the command's process group once it runs.
@@ -367,6 +497,8 @@ async fn run_started_in(
     dir: &Path,
     limits: &LocalLimits,
     isolation: &Isolation,
+    confine: &Confinement,
+    cgroups: Option<&Cgroups>,
     spec: &RunSpec,
     started: impl FnOnce(Pid),
 ) -> Result<RunOutput, ProviderError> {
@@ -384,7 +516,32 @@ async fn run_started_in(
         ("LANG".to_string(), "C.UTF-8".to_string()),
     ]);
     env.extend(spec.env.clone());
-    let mut cmd: Command = isolation.command(dir, &spec.cmd, &env, limits);
+    let cgroup = match cgroups {
+        None => None,
+        Some(c) => {
+            let c = c.clone();
+            let bounds = CgroupLimits {
+                memory_bytes: limits.memory_bytes,
+                processes: limits.processes,
+                cpu_millis: limits.cpu_millis,
+            };
+            let made = tokio::task::spawn_blocking(move || c.create(&bounds))
+                .await
+                .map_err(|e| internal("create the step's cgroup", e))?
+                .map_err(|e| internal("create the step's cgroup", e))?;
+            Some(made)
+        }
+    };
+    let mut confine = confine.clone();
+    let mut rlimits = limits.clone();
+    if let Some(cg) = &cgroup {
+        confine.cgroup_procs = cg.procs_files();
+        // The cgroup bounds memory and processes and counts the hits; an rlimit that tripped
+        // first would hide them (and RLIMIT_AS also refuses address space never used).
+        rlimits.memory_bytes = u64::MAX;
+        rlimits.processes = limits.processes.saturating_add(64);
+    }
+    let mut cmd: Command = isolation.command(dir, &spec.cmd, &env, &rlimits, &confine);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -409,19 +566,72 @@ async fn run_started_in(
 
     // The guard kills the group however this future ends: completion, timeout or cancellation.
     let guard = GroupGuard(pgid);
-    let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
+    let disk_limit = limits.disk_bytes;
+    let watch_dir = dir.to_path_buf();
+    // The directory is also measured while the command runs, so that a step cannot fill the
+    // host's disk before it ends.
+    let disk_watch = async move {
+        loop {
+            tokio::time::sleep(DISK_CHECK).await;
+            let d = watch_dir.clone();
+            let used = tokio::task::spawn_blocking(move || disk_use(&d))
+                .await
+                .unwrap_or(0);
+            if used > disk_limit {
+                return used;
+            }
+        }
+    };
+    let waited = tokio::select! {
+        w = tokio::time::timeout(spec.timeout, child.wait()) => Ok(w),
+        used = disk_watch => Err(used),
+    };
     drop(guard);
+    if waited.as_ref().is_ok_and(|w| w.is_err()) || waited.is_err() {
+        let _ = child.wait().await;
+    }
+    let exceeded = cgroup.as_ref().and_then(|c| c.exceeded());
+    if let Some(cg) = cgroup {
+        let removed = tokio::task::spawn_blocking(move || cg.remove()).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!("cannot remove a step's cgroup: {e}");
+        }
+    }
+    match exceeded {
+        Some(Exceeded::Memory) => {
+            return Err(ProviderError::resource_limit(format!(
+                "command exceeded its memory limit of {} bytes",
+                limits.memory_bytes
+            )));
+        }
+        Some(Exceeded::Processes) => {
+            return Err(ProviderError::resource_limit(format!(
+                "command exceeded its limit of {} processes",
+                limits.processes
+            )));
+        }
+        None => {}
+    }
     let status = match waited {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(ProviderError::transient(format!("wait for command: {e}"))),
-        Err(_) => {
-            let _ = child.wait().await;
+        Ok(Ok(Ok(status))) => status,
+        Ok(Ok(Err(e))) => {
+            return Err(ProviderError::transient(format!("wait for command: {e}")));
+        }
+        Ok(Err(_)) => {
             return Err(ProviderError::timeout(format!(
                 "command timed out after {}",
                 humantime::format_duration(spec.timeout)
             )));
         }
+        Err(used) => return Err(disk_exceeded(used, disk_limit)),
     };
+    let d = dir.to_path_buf();
+    let used = tokio::task::spawn_blocking(move || disk_use(&d))
+        .await
+        .unwrap_or(0);
+    if used > disk_limit {
+        return Err(disk_exceeded(used, disk_limit));
+    }
     let (stdout, out_trunc) = out_task.await.unwrap_or_default();
     let (stderr, err_trunc) = err_task.await.unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
@@ -440,6 +650,12 @@ async fn run_started_in(
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if exit_code == SETUP_FAILED_CODE && String::from_utf8_lossy(&stderr).contains(SETUP_FAILED) {
+        return Err(ProviderError::transient(format!(
+            "isolation: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        )));
+    }
     if isolation.is_isolated() {
         // The command is a child of the sandbox's pid 1, which exits with 128+N when the
         // command is killed by signal N: a command killed by SIGXCPU/SIGXFSZ and one that
@@ -454,13 +670,6 @@ async fn run_started_in(
                 "command exceeded its {what} limit"
             )));
         }
-        if exit_code == SETUP_FAILED_CODE && String::from_utf8_lossy(&stderr).contains(SETUP_FAILED)
-        {
-            return Err(ProviderError::transient(format!(
-                "isolation: {}",
-                String::from_utf8_lossy(&stderr).trim()
-            )));
-        }
     }
     Ok(RunOutput {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -469,6 +678,9 @@ async fn run_started_in(
         truncated: out_trunc || err_trunc,
     })
 }
+
+/// How often a running step's disk use is measured.
+const DISK_CHECK: Duration = Duration::from_millis(500);
 
 struct GroupGuard(Option<Pid>);
 

@@ -5,6 +5,7 @@
 //! to the worker that calls it (see `pool::worker`). Every failure is a classified
 //! `ProviderError`.
 
+pub mod cgroups;
 pub mod e2b;
 pub mod error;
 pub mod faults;
@@ -12,11 +13,40 @@ pub mod isolation;
 pub mod local;
 pub mod noop;
 mod paths;
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use error::{ErrorCategory, ProviderError};
+
+/// Network access of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Local: a fresh network namespace with only a loopback interface (up when `ip` is
+    /// installed). E2B: `allow_internet_access: false`.
+    #[default]
+    None,
+    /// Local: the host's network namespace (and its `/etc/resolv.conf`). E2B: the internet.
+    Host,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Network::None),
+            "host" => Some(Network::Host),
+            _ => None,
+        }
+    }
+}
 
 /// What a new sandbox should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +58,7 @@ pub struct SandboxSpec {
     /// Tags kept by the provider; the worker tags every sandbox with its job id and instance so
     /// that a retried create can find a sandbox an earlier attempt made.
     pub metadata: BTreeMap<String, String>,
+    pub network: Network,
 }
 
 /// One command to run inside a sandbox.

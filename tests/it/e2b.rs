@@ -12,7 +12,7 @@ use sandwarden::emulator::{
     BodyShape, Emulator, EmulatorConfig, EmulatorHandle, FaultAction, FaultRule,
 };
 use sandwarden::provider::e2b::{E2bConfig, E2bProvider};
-use sandwarden::provider::{ErrorCategory, Provider, RunSpec, SandboxSpec};
+use sandwarden::provider::{ErrorCategory, Network, Provider, RunSpec, SandboxSpec};
 
 const KEY: &str = "e2b_0123456789abcdef";
 
@@ -56,6 +56,7 @@ fn spec(meta: &[(&str, &str)]) -> SandboxSpec {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        network: Network::Host,
     }
 }
 
@@ -670,6 +671,7 @@ async fn orphaned_sandboxes_of_this_instance_are_reaped_at_start() {
         timeout: Duration::from_secs(300),
         env: BTreeMap::new(),
         metadata: meta,
+        network: Network::Host,
     };
     let orphan = ours.create(&spec).await.unwrap();
     let other = E2bProvider::new(E2bConfig {
@@ -741,6 +743,7 @@ async fn the_scheduled_reaper_kills_orphans_but_not_running_jobs_sandboxes() {
         timeout: Duration::from_secs(300),
         env: BTreeMap::new(),
         metadata: meta,
+        network: Network::Host,
     };
     let orphan = ours.create(&spec).await.unwrap();
     // A job that is running (a long command) keeps its sandbox.

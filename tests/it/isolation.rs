@@ -26,8 +26,11 @@ async fn fixture_with(limits: LocalLimits, network: Network) -> Fixture {
     let root = basep.join("sandboxes");
     let provider = LocalProvider::new(&root, limits)
         .unwrap()
-        .with_isolation(Isolation::namespaces_unchecked(network));
-    let sandbox = provider.create(&spec()).await.unwrap();
+        .with_isolation(Isolation::namespaces_unchecked());
+    let sandbox = provider
+        .create(&SandboxSpec { network, ..spec() })
+        .await
+        .unwrap();
     Fixture {
         _base: base,
         base: basep,
@@ -47,6 +50,7 @@ fn spec() -> SandboxSpec {
         timeout: Duration::from_secs(60),
         env: BTreeMap::new(),
         metadata: BTreeMap::new(),
+        network: Network::None,
     }
 }
 
@@ -364,7 +368,7 @@ async fn fork_bomb_is_contained() {
                 },
             )
             .unwrap()
-            .with_isolation(Isolation::namespaces_unchecked(Network::None));
+            .with_isolation(Isolation::namespaces_unchecked());
             p.run(
                 &sandbox,
                 &run_spec(
@@ -444,9 +448,7 @@ async fn extra_read_only_binds() {
     let root = base.path().join("sbx");
     let provider = LocalProvider::new(&root, LocalLimits::default())
         .unwrap()
-        .with_isolation(
-            Isolation::namespaces_unchecked(Network::None).with_extra_ro(&shared, "/opt/shared"),
-        );
+        .with_isolation(Isolation::namespaces_unchecked().with_extra_ro(&shared, "/opt/shared"));
     let id = provider.create(&spec()).await.unwrap();
     let o = ok(provider
         .run(

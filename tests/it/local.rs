@@ -234,6 +234,7 @@ async fn a_paused_local_sandbox_stops_its_processes_keeps_its_files_and_refuses_
         timeout: Duration::from_secs(60),
         env: Default::default(),
         metadata: Default::default(),
+        network: Default::default(),
     };
     let id = p.create(&spec).await.unwrap();
     p.write_file(&id, "kept.txt", b"kept").await.unwrap();

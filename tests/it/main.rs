@@ -15,6 +15,7 @@ mod metrics;
 mod notify;
 mod queue;
 mod ratelimit;
+mod sandbox_jobs;
 mod sessions;
 mod support;
 mod webhook;

@@ -68,7 +68,7 @@ impl E2bProvider {
             metadata,
             env_vars: &spec.env,
             secure: true,
-            allow_internet_access: true,
+            allow_internet_access: spec.network == crate::provider::Network::Host,
         };
         let resp = self
             .api_request(reqwest::Method::POST, "/sandboxes")
