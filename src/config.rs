@@ -22,6 +22,30 @@ use crate::provider::local::LocalLimits;
 use crate::provider::template::{Template, valid_name};
 use crate::ratelimit::policy::Operation;
 
+/// How much of the protection stands between jobs and the provider. Anything but `Full` is a
+/// baseline for comparisons (the chaos suite), not a way to run a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protection {
+    /// Retries, circuit breaker, rate limiter, and a queue that holds jobs through outages.
+    #[default]
+    Full,
+    /// Three retries with backoff per call; no breaker, no limiter waits, and a job whose call
+    /// still fails fails.
+    RetryOnly,
+    /// One try per call; a job whose call fails fails.
+    None,
+}
+
+impl Protection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::Full => "full",
+            Protection::RetryOnly => "retry_only",
+            Protection::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     Local,
@@ -138,6 +162,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub provider: ProviderKind,
+    pub protection: Protection,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
     /// `/metrics` requires the admin token too.
@@ -342,6 +367,20 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
             ProviderKind::Local
         }
     };
+    let protection = match r.string("protection", "full").as_str() {
+        "full" => Protection::Full,
+        "retry_only" => Protection::RetryOnly,
+        "none" => Protection::None,
+        other => {
+            r.problem(
+                "protection",
+                format!(
+                    "unknown protection {other:?}; expected \"full\", \"retry_only\" or \"none\""
+                ),
+            );
+            Protection::Full
+        }
+    };
     let log_format = match r.string("log_format", "text").as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -399,6 +438,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
         listen,
         data_dir: PathBuf::from(r.string("data_dir", "./data")),
         provider,
+        protection,
         log_format,
         max_body_bytes: r.uint("api.max_body_bytes", 1 << 20, 1024, 1 << 30) as usize,
         metrics_require_token: r.boolean("api.metrics_require_token", false),
@@ -886,10 +926,11 @@ pub fn render(s: &Settings) -> String {
     let j = &s.job_defaults;
     let mut out = String::new();
     out += &format!(
-        "listen = \"{}\"\ndata_dir = {:?}\nprovider = \"{}\"\n",
+        "listen = \"{}\"\ndata_dir = {:?}\nprovider = \"{}\"\nprotection = \"{}\"\n",
         s.listen,
         s.data_dir,
-        s.provider.as_str()
+        s.provider.as_str(),
+        s.protection.as_str()
     );
     out += &format!(
         "log_format = \"{}\"\nadmin_token = {}\nsentry_dsn = {}\n",

@@ -25,7 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, watch};
 
 use crate::breaker::{BreakerArgs, BreakerLink, BreakerMsg, BreakerView, CircuitBreakerActor};
-use crate::config::{CgroupMode, IsolationKind, ProviderKind, Settings};
+use crate::config::{CgroupMode, IsolationKind, Protection, ProviderKind, Settings};
 use crate::health::{HealthArgs, HealthMonitorActor, HealthMsg, HealthReport, TaskRun, TaskView};
 use crate::job::{Job, JobSpec, JobStatus};
 use crate::metrics::Metrics;
@@ -98,7 +98,11 @@ const ROOT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 fn retry_policy(s: &Settings) -> RetryPolicy {
     let r = &s.retry;
     RetryPolicy {
-        max_retries: r.max_retries,
+        max_retries: match s.protection {
+            Protection::Full => r.max_retries,
+            Protection::RetryOnly => 3,
+            Protection::None => 0,
+        },
         base: r.base,
         cap: r.cap,
         multiplier: r.multiplier,
@@ -127,6 +131,15 @@ impl RootSupervisor {
             myself.get_cell(),
         )
         .await?;
+        if a.settings.protection != Protection::Full {
+            tracing::warn!(
+                protection = a.settings.protection.as_str(),
+                "protection is reduced to a baseline: no circuit breaker, no holding of jobs"
+            );
+            breaker_ref
+                .call(BreakerMsg::Disable, Some(Duration::from_secs(5)))
+                .await?;
+        }
         let (limiter, limiter_ref) = RateLimiterActor::start(
             LimiterArgs {
                 settings: a.settings.ratelimit.clone(),
@@ -180,6 +193,7 @@ impl RootSupervisor {
             create_timeout: a.settings.create_timeout,
             write_timeout: a.settings.write_timeout,
             faults: a.faults.clone(),
+            protection: a.settings.protection,
         });
         // Before the pool starts no job of ours runs: every tagged sandbox but live sessions is
         // an orphan of a crash or of a worker that died mid-job.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::BreakerLink;
 use crate::clock::now_ms;
+use crate::config::Protection;
 use crate::job::{Job, JobError, JobResult, JobStatus, Step, StepResult};
 use crate::provider::{ErrorCategory, Provider, ProviderError, RunSpec, SandboxSpec};
 use crate::ratelimit::LimiterLink;
@@ -37,7 +38,12 @@ pub struct WorkerContext {
     pub create_timeout: Duration,
     pub write_timeout: Duration,
     pub faults: Arc<crate::provider::faults::FaultControl>,
+    /// Anything but `Full`: no limiter waits and no holding of jobs (a baseline).
+    pub protection: crate::config::Protection,
 }
+
+/// Further health checks of a new sandbox after one that failed in passing (5xx, timeout).
+const HEALTH_RETRIES: u32 = 2;
 
 /// Time to kill a job's sandbox at its end (and to look for earlier attempts' sandboxes).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,6 +106,10 @@ pub async fn run_job(ctx: &WorkerContext, job: &mut Job, cancel: &CancellationTo
             "cancelled",
         ),
         Err(StepFailure::Failed(err)) => (JobStatus::Failed, Some(err), None, "failed"),
+        // A baseline without protection holds nothing: the failure is the job's.
+        Err(StepFailure::Unavailable { err, .. }) if ctx.protection != Protection::Full => {
+            (JobStatus::Failed, Some(err), None, "failed")
+        }
         Err(StepFailure::Unavailable {
             retry_at_ms,
             err,
@@ -511,14 +521,24 @@ async fn create_sandbox(
     if job.attempts.len() > 1 {
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, reap_earlier_attempts(ctx, job)).await;
     }
-    let mut uncertain = false;
+    // Set when a create failed in a way that may have made a sandbox anyway (5xx, timeout,
+    // a cut connection) on a provider whose creates are not idempotent.
+    let uncertain = std::sync::atomic::AtomicBool::new(false);
+    let uncertain = &uncertain;
+    // Sandboxes this attempt made and threw away as unhealthy: part of the create's identity,
+    // so that an idempotent provider makes a new one instead of returning the discarded one.
+    let discarded = std::sync::atomic::AtomicU32::new(0);
+    let discarded = &discarded;
     call(ctx, &job.spec.user_id, Operation::Create, ctx.create_timeout, cancel, |_| {
-        let check = uncertain;
-        uncertain = true;
-        let spec = &spec;
+        let mut spec = spec.clone();
+        let thrown = discarded.load(std::sync::atomic::Ordering::Relaxed);
+        if thrown > 0 {
+            spec.metadata
+                .insert("sandwarden_attempt".into(), format!("{}.{thrown}", job.attempts.len()));
+        }
         let metadata = &metadata;
         async move {
-            if check {
+            if uncertain.load(std::sync::atomic::Ordering::Relaxed) {
                 let existing = ctx.provider.list().await?;
                 if let Some(found) = existing.into_iter().find(|s| {
                     s.metadata.get("sandwarden_job") == metadata.get("sandwarden_job")
@@ -528,12 +548,33 @@ async fn create_sandbox(
                     return Ok(found.id);
                 }
             }
-            let id = ctx.provider.create(spec).await?;
+            let id = match ctx.provider.create(&spec).await {
+                Ok(id) => id,
+                Err(e) => {
+                    let ambiguous = e.is_transient() && !ctx.provider.idempotent_create();
+                    if ambiguous {
+                        uncertain.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            };
             // A sandbox that is not healthy is killed and the create retried (as transient)
-            // within the same retry budget.
-            if let Err(e) = ctx.provider.health(&id).await {
+            // within the same retry budget; a health check that failed in passing is asked
+            // again first, which is cheaper than a new sandbox.
+            let mut health = ctx.provider.health(&id).await;
+            for again in 0..HEALTH_RETRIES {
+                match &health {
+                    Err(e) if e.is_transient() && !e.sandbox_gone() => {
+                        tokio::time::sleep(ctx.retry.backoff(again, rand::random())).await;
+                        health = ctx.provider.health(&id).await;
+                    }
+                    _ => break,
+                }
+            }
+            if let Err(e) = health {
                 tracing::warn!(sandbox = %id, error = %e, "new sandbox failed its health check; killing it");
                 let _ = ctx.provider.kill(&id).await;
+                discarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(ProviderError::transient(format!(
                     "new sandbox {id} failed its health check: {}",
                     e.message()
@@ -585,7 +626,12 @@ where
                 ProviderError::timeout(format!("{} ran out of time", op.as_str()))
             })));
         };
-        if let Err((until_ms, reason)) = ctx.limiter.acquire(op, user).await {
+        let limited = if ctx.protection == Protection::Full {
+            ctx.limiter.acquire(op, user).await
+        } else {
+            Ok(())
+        };
+        if let Err((until_ms, reason)) = limited {
             let wait = Duration::from_millis(until_ms.saturating_sub(crate::clock::now_ms()));
             // A short wait (the creation pace) is cheaper here than a round trip through the queue.
             if wait > SHORT_WAIT || started.elapsed() + wait >= deadline {
@@ -633,7 +679,10 @@ where
             call_started.elapsed(),
         );
         match &outcome {
-            Err(e) if e.category() == ErrorCategory::RateLimited => {
+            Err(e)
+                if e.category() == ErrorCategory::RateLimited
+                    && ctx.protection == Protection::Full =>
+            {
                 ctx.limiter.rate_limited(op, e.retry_after())
             }
             Ok(_) if op == Operation::Create => ctx.limiter.sandbox_started(),

@@ -177,6 +177,10 @@ impl Provider for FaultyProvider {
         self.inner.can_pause()
     }
 
+    fn idempotent_create(&self) -> bool {
+        self.inner.idempotent_create()
+    }
+
     async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
         self.control.before_call().await?;
         self.inner.pause(sandbox).await

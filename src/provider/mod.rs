@@ -118,6 +118,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Every live sandbox this provider knows of.
     async fn list(&self) -> Result<Vec<SandboxInfo>, ProviderError>;
 
+    /// Whether repeating a `create` with the same `sandwarden_job` and `sandwarden_attempt`
+    /// metadata returns the sandbox an earlier, failed-looking try made (no duplicate), so that
+    /// a retried create need not look for one first.
+    fn idempotent_create(&self) -> bool {
+        false
+    }
+
     /// Whether this provider can pause sandboxes (see `pause`).
     fn can_pause(&self) -> bool {
         false

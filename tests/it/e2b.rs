@@ -702,7 +702,21 @@ async fn an_unhealthy_new_sandbox_is_killed_and_replaced() {
     let r = rig().await;
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime_on_emulator(&r.emu, dir.path()).await;
+    // One failed health check is asked again: the sandbox is kept.
     r.emu.faults().fail_next("envd_health", 1, 502);
+    let (job, _) = rt.submit(hello_spec()).await.unwrap();
+    let job = rt
+        .wait(&job.id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
+    assert_eq!(r.emu.faults().calls("create"), 1);
+    assert_eq!(r.emu.faults().calls("envd_health"), 2);
+    // A sandbox that stays unhealthy (three checks) is killed and a new one made, though
+    // creates are idempotent per job attempt.
+    r.emu.faults().reset_stats();
+    r.emu.faults().fail_next("envd_health", 3, 502);
     let (job, _) = rt.submit(hello_spec()).await.unwrap();
     let job = rt
         .wait(&job.id, Duration::from_secs(30))
@@ -714,6 +728,11 @@ async fn an_unhealthy_new_sandbox_is_killed_and_replaced() {
         r.emu.faults().calls("create"),
         2,
         "the unhealthy sandbox was replaced"
+    );
+    assert_eq!(
+        r.emu.faults().calls("kill"),
+        2,
+        "the unhealthy one and the used one"
     );
     assert!(r.emu.sandbox_ids().is_empty(), "no sandbox leaked");
     rt.shutdown().await.unwrap();

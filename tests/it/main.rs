@@ -3,6 +3,7 @@
 mod api;
 mod binary;
 mod breaker;
+mod chaos;
 mod cli;
 mod crash;
 mod dashboard;

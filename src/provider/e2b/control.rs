@@ -70,9 +70,15 @@ impl E2bProvider {
             secure: true,
             allow_internet_access: spec.network == crate::provider::Network::Host,
         };
-        let resp = self
-            .api_request(reqwest::Method::POST, "/sandboxes")
-            .json(&body)
+        // v2 (what the official SDK uses) with an Idempotency-Key per job attempt: a create
+        // repeated after an ambiguous failure returns the sandbox the first one made, if any.
+        let mut rb = self
+            .api_request(reqwest::Method::POST, "/v2/sandboxes")
+            .json(&body);
+        if let Some(key) = idempotency_key(metadata) {
+            rb = rb.header("Idempotency-Key", key);
+        }
+        let resp = rb
             .send()
             .await
             .map_err(|e| transport_error("create sandbox", e))?;
@@ -276,6 +282,17 @@ fn gone_on_404(e: ProviderError) -> ProviderError {
     } else {
         e
     }
+}
+
+/// The key that makes repeats of one job attempt's create return the same sandbox.
+fn idempotency_key(metadata: &BTreeMap<String, String>) -> Option<String> {
+    let job = metadata.get("sandwarden_job")?;
+    let attempt = metadata.get("sandwarden_attempt")?;
+    let instance = metadata
+        .get(INSTANCE_METADATA_KEY)
+        .map(String::as_str)
+        .unwrap_or("");
+    Some(format!("sandwarden:{instance}:{job}:{attempt}"))
 }
 
 /// Unix milliseconds of an RFC 3339 time; 0 when it does not parse.

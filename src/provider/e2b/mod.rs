@@ -283,6 +283,10 @@ impl Provider for E2bProvider {
         true
     }
 
+    fn idempotent_create(&self) -> bool {
+        true
+    }
+
     async fn pause(&self, sandbox: &str) -> Result<(), ProviderError> {
         match self.pause_sandbox(sandbox).await {
             // 409 "already paused" is what pause wanted.
