@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use sandwarden::Settings;
+use sandwarden::config::{ConfigError, load_from, render};
 use sandwarden::job::Job;
 use sandwarden::job::spec::{MAX_DELAY, SpecDefaults, parse};
 
@@ -37,4 +41,40 @@ fn a_job_with_an_unrepresentable_delay_saturates() {
     let mut spec = parse(&spec_with_delay("1s"), &SpecDefaults::default()).unwrap();
     spec.delay = Some(Duration::from_secs(u64::MAX));
     assert_eq!(Job::new(1, spec, NOW_MS).run_at_ms, u64::MAX);
+}
+
+fn load(toml: &str) -> Result<Settings, ConfigError> {
+    load_from(Figment::from(Toml::string(toml)))
+}
+
+/// A cron step near u32::MAX overflowed while filling the field: a panic at start-up in a
+/// debug build, and in release a wrap that also set minute 0.
+#[test]
+fn a_huge_cron_step_means_one_value() {
+    let s = load("[schedule]\nsandbox_reaper = \"1-59/4294967295 * * * *\"\n").unwrap();
+    let cron = &s
+        .health
+        .schedules
+        .iter()
+        .find(|(n, _)| *n == "sandbox_reaper")
+        .unwrap()
+        .1;
+    // Minute 1 of each hour only: from 00:00:30 the next run is 00:01, then 01:01.
+    assert_eq!(cron.next_after(30_000), Some(60_000));
+    assert_eq!(cron.next_after(60_000), Some(3_660_000));
+}
+
+/// `config check` printed strings with Rust's escapes (`"a\u{7f}b"`), which TOML refuses, so
+/// its output could not be loaded back.
+#[test]
+fn rendered_settings_load_back_with_control_characters() {
+    let s = load("data_dir = \"a\\u007fb\\u0000\"\n[sandbox]\ntemplate = \"t\\\"\\\\\\u0001\"\n")
+        .unwrap();
+    assert_eq!(s.data_dir.to_str(), Some("a\u{7f}b\0"));
+    let rendered = render(&s);
+    assert!(
+        rendered.contains("data_dir = \"a\\u007Fb\\u0000\"\n"),
+        "{rendered}"
+    );
+    assert_eq!(load(&rendered).unwrap(), s);
 }
