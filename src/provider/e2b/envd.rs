@@ -91,6 +91,21 @@ impl Capped {
         self.bytes
             .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
+
+    /// The text, still within `cap` bytes: each invalid UTF-8 byte becomes a three-byte
+    /// U+FFFD, so the lossy text can be longer than the bytes kept; it is cut on a character.
+    fn into_text(self, cap: usize) -> (String, bool) {
+        let mut text = String::from_utf8_lossy(&self.bytes).into_owned();
+        if text.len() <= cap {
+            return (text, self.truncated);
+        }
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        (text, true)
+    }
 }
 
 impl E2bProvider {
@@ -358,6 +373,7 @@ impl ProcessStream {
             self.end.take(),
             std::mem::take(&mut self.stdout),
             std::mem::take(&mut self.stderr),
+            self.max_output,
         )
     }
 }
@@ -366,6 +382,7 @@ fn finish(
     end: Option<EndEvent>,
     stdout: Capped,
     stderr: Capped,
+    max_output: usize,
 ) -> Result<RunOutput, ProviderError> {
     let Some(end) = end else {
         return Err(ProviderError::transient(
@@ -377,11 +394,13 @@ fn finish(
     } else {
         signal_exit_code(&end.status).unwrap_or(end.exit_code)
     };
+    let (stdout, out_cut) = stdout.into_text(max_output);
+    let (stderr, err_cut) = stderr.into_text(max_output);
     Ok(RunOutput {
-        stdout: String::from_utf8_lossy(&stdout.bytes).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr.bytes).into_owned(),
+        stdout,
+        stderr,
         exit_code,
-        truncated: stdout.truncated || stderr.truncated,
+        truncated: out_cut || err_cut,
     })
 }
 
@@ -482,6 +501,7 @@ mod tests {
             Some(EndEvent::default()),
             Capped::default(),
             Capped::default(),
+            16,
         )
         .unwrap();
         assert_eq!(out.exit_code, 0);
@@ -489,7 +509,7 @@ mod tests {
             status: "signal: killed".into(),
             ..Default::default()
         };
-        let out = finish(Some(killed), Capped::default(), Capped::default()).unwrap();
+        let out = finish(Some(killed), Capped::default(), Capped::default(), 16).unwrap();
         assert_eq!(out.exit_code, 137);
     }
 
