@@ -1,14 +1,17 @@
 //! Inputs the fuzz targets in `fuzz/` found (or showed to matter), each pinned to the behaviour
 //! that replaced the crash or the broken invariant.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use sandwarden::Settings;
+use sandwarden::cli::repl::complete;
 use sandwarden::config::{ConfigError, load_from, render};
 use sandwarden::job::Job;
 use sandwarden::job::spec::{MAX_DELAY, SpecDefaults, parse};
+use sandwarden::provider::e2b::ProcessStream;
 
 const NOW_MS: u64 = 1_800_000_000_000;
 
@@ -77,4 +80,36 @@ fn rendered_settings_load_back_with_control_characters() {
         "{rendered}"
     );
     assert_eq!(load(&rendered).unwrap(), s);
+}
+
+fn frame(flags: u8, payload: &str) -> Vec<u8> {
+    let mut f = vec![flags];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload.as_bytes());
+    f
+}
+
+/// Invalid UTF-8 in a command's output became U+FFFD (three bytes each) after the byte cap was
+/// applied, so four kept bytes under a 4-byte cap came back as 12 bytes of text.
+#[test]
+fn command_output_stays_within_the_cap_after_lossy_decoding() {
+    let mut wire = frame(0, r#"{"event":{"data":{"stdout":"/////w=="}}}"#); // ff ff ff ff
+    wire.extend(frame(0, r#"{"event":{"end":{"exited":true}}}"#));
+    wire.extend(frame(2, "{}"));
+    let mut stream = ProcessStream::new(4, Duration::from_secs(1));
+    let out = stream.push(&wire).expect("the stream ends").unwrap();
+    assert_eq!(out.stdout, "\u{fffd}");
+    assert!(out.truncated);
+}
+
+/// Tab completion after a multi-byte whitespace character (a no-break space, NEL) sliced the
+/// line inside that character and panicked, ending the admin REPL.
+#[test]
+fn completion_after_a_no_break_space_does_not_panic() {
+    let ids = BTreeSet::new();
+    let line = "fa2\0)\u{a0}"; // the fuzzer's input
+    assert_eq!(complete(line, line.len(), &ids), (line.len(), vec![]));
+    let line = "help\u{85}st";
+    let (start, found) = complete(line, line.len(), &ids);
+    assert_eq!((start, found), (6, vec!["status ".to_string()]));
 }
