@@ -921,14 +921,14 @@ fn walk(v: &Value, prefix: String, out: &mut Vec<String>) {
 
 /// Render the effective settings as TOML-like text (`sandwarden config check`); secrets masked.
 pub fn render(s: &Settings) -> String {
-    let d = |d: Duration| format!("{:?}", humantime::format_duration(d).to_string());
+    let d = |d: Duration| toml_str(&humantime::format_duration(d).to_string());
     let mask = |v: &Option<String>| if v.is_some() { "\"***\"" } else { "\"\"" };
     let j = &s.job_defaults;
     let mut out = String::new();
     out += &format!(
-        "listen = \"{}\"\ndata_dir = {:?}\nprovider = \"{}\"\nprotection = \"{}\"\n",
+        "listen = \"{}\"\ndata_dir = {}\nprovider = \"{}\"\nprotection = \"{}\"\n",
         s.listen,
-        s.data_dir,
+        toml_str(&s.data_dir.to_string_lossy()),
         s.provider.as_str(),
         s.protection.as_str()
     );
@@ -948,7 +948,7 @@ pub fn render(s: &Settings) -> String {
     );
     out += "\n[api.client_keys]\n";
     for user in s.client_keys.values() {
-        out += &format!("# *** = {user:?}\n");
+        out += &format!("# *** = {}\n", toml_str(user));
     }
     out += &format!(
         "\n[workers]\ncount = {}\nrestart_limit = {}\nrestart_window = {}\nhung_grace = {}\n",
@@ -972,14 +972,14 @@ pub fn render(s: &Settings) -> String {
         s.cleanup_batch
     );
     out += &format!(
-        "\n[sandbox]\ntemplate = {:?}\ntimeout = {}\nmax_timeout = {}\nidle_pause_after = {}\n",
-        j.template,
+        "\n[sandbox]\ntemplate = {}\ntimeout = {}\nmax_timeout = {}\nidle_pause_after = {}\n",
+        toml_str(&j.template),
         d(j.sandbox_timeout),
         d(j.max_sandbox_timeout),
         d(s.health.idle_pause_after)
     );
     out += &format!(
-        "\n[local]\ncpu_time = {}\nmemory_bytes = {}\nopen_files = {}\nprocesses = {}\nfile_size_bytes = {}\ndisk_bytes = {}\ncpus = {:?}\ncgroups = {:?}\nisolation = {:?}\nnetwork = {:?}\ntemplates_dir = {:?}\n",
+        "\n[local]\ncpu_time = {}\nmemory_bytes = {}\nopen_files = {}\nprocesses = {}\nfile_size_bytes = {}\ndisk_bytes = {}\ncpus = {:?}\ncgroups = {:?}\nisolation = {:?}\nnetwork = {:?}\ntemplates_dir = {}\n",
         d(s.local.cpu_time),
         s.local.memory_bytes,
         s.local.open_files,
@@ -993,25 +993,43 @@ pub fn render(s: &Settings) -> String {
             IsolationKind::None => "none",
         },
         s.sandbox_network.as_str(),
-        s.templates_dir
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        toml_str(
+            &s.templates_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
     );
     for (name, t) in &s.templates {
-        out += &format!("\n[local.templates.{name}]\ntools = {:?}\n", t.tools);
+        let tools: Vec<String> = t
+            .tools
+            .iter()
+            .map(|p| toml_str(&p.to_string_lossy()))
+            .collect();
+        out += &format!(
+            "\n[local.templates.{}]\ntools = [{}]\n",
+            if name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                name.clone()
+            } else {
+                toml_str(name)
+            },
+            tools.join(", ")
+        );
         if let Some(n) = t.network {
             out += &format!("network = {:?}\n", n.as_str());
         }
     }
     let r = &s.retry;
     out += &format!(
-        "\n[retry]\nmax_retries = {}\nbase = {}\ncap = {}\nmultiplier = {}\njitter = {:?}\nrate_limit_delay = {}\n",
+        "\n[retry]\nmax_retries = {}\nbase = {}\ncap = {}\nmultiplier = {}\njitter = {}\nrate_limit_delay = {}\n",
         r.max_retries,
         d(r.base),
         d(r.cap),
         r.multiplier,
-        r.jitter,
+        toml_str(&r.jitter),
         d(r.rate_limit_delay)
     );
     let b = &s.breaker;
@@ -1048,7 +1066,7 @@ pub fn render(s: &Settings) -> String {
     }
     out += "\n[schedule]\n";
     for (name, cron) in &s.health.schedules {
-        out += &format!("{name} = {:?}\n", cron.as_str());
+        out += &format!("{name} = {}\n", toml_str(cron.as_str()));
     }
     out += &format!(
         "\n[health]\nmax_pending = {}\nmax_pending_age = {}\n",
@@ -1065,11 +1083,11 @@ pub fn render(s: &Settings) -> String {
     );
     let e = &s.e2b;
     out += &format!(
-        "\n[e2b]\napi_url = {:?}\nsandbox_url = {:?}\napi_key = {}\ndomain = {:?}\nrequest_timeout = {}\n",
-        e.api_url,
-        e.sandbox_url.clone().unwrap_or_default(),
+        "\n[e2b]\napi_url = {}\nsandbox_url = {}\napi_key = {}\ndomain = {}\nrequest_timeout = {}\n",
+        toml_str(&e.api_url),
+        toml_str(e.sandbox_url.as_deref().unwrap_or_default()),
         mask(&e.api_key),
-        e.domain,
+        toml_str(&e.domain),
         d(e.request_timeout)
     );
     let f = &s.faults;
@@ -1082,6 +1100,25 @@ pub fn render(s: &Settings) -> String {
         d(f.latency),
         f.outage.map(d).unwrap_or("\"\"".into())
     );
+    out
+}
+
+/// A TOML basic string. Rust's `{:?}` is not one: it writes `\u{7f}` and `\0`, which TOML
+/// refuses, so `config check` output with such a value could not be loaded again.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
     out
 }
 

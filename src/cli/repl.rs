@@ -385,7 +385,11 @@ fn parse_faults(args: &[&str]) -> Result<FaultSettings, String> {
 /// Complete words end with a space; `key=` settings do not.
 pub fn complete(line: &str, pos: usize, ids: &BTreeSet<String>) -> (usize, Vec<String>) {
     let before = &line[..pos.min(line.len())];
-    let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    // Past the whole whitespace character: NBSP and NEL are two bytes, not one.
+    let start = before
+        .char_indices()
+        .rfind(|(_, c)| c.is_whitespace())
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let word = &before[start..];
     let prev: Vec<&str> = before[..start].split_whitespace().collect();
     let owned: Vec<String>;

@@ -126,10 +126,12 @@ fn field(text: &str, min: u32, max: u32, name: &str) -> Result<u64, String> {
         if lo > hi {
             return Err(format!("{name}: range {range:?} runs backwards"));
         }
-        let mut v = lo;
-        while v <= hi {
-            bits |= 1 << v;
-            v += step;
+        // Checked: a step near u32::MAX would overflow (a panic, or in release a wrap back
+        // into the range that sets a bit the expression never asked for).
+        let mut v = Some(lo);
+        while let Some(n) = v.filter(|n| *n <= hi) {
+            bits |= 1 << n;
+            v = n.checked_add(step);
         }
     }
     Ok(bits)

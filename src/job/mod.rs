@@ -281,7 +281,10 @@ impl Job {
     pub fn new(seq: u64, spec: JobSpec, now_ms: u64) -> Self {
         let run_at_ms = match (spec.run_at_ms, spec.delay) {
             (Some(at), _) => at.max(now_ms),
-            (None, Some(d)) => now_ms + d.as_millis() as u64,
+            // Saturating: a run time past the end of u64 milliseconds is "never", not "now".
+            (None, Some(d)) => {
+                now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }
             (None, None) => now_ms,
         };
         Job {

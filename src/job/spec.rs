@@ -43,6 +43,10 @@ impl Default for SpecDefaults {
     }
 }
 
+/// The longest `delay` a request may ask for. Longer ones are mistakes rather than plans, and
+/// an unbounded one would overflow the job's run time in milliseconds.
+pub const MAX_DELAY: Duration = Duration::from_secs(10 * 31_557_600); // 10 years of 365.25 days
+
 /// A request that could not be accepted, naming the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -291,12 +295,21 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
     };
     let delay = match &raw.delay {
         None => None,
-        Some(t) => Some(humantime::parse_duration(t).map_err(|e| {
-            SpecError::field(
-                "delay",
-                format!("{t:?} is not a duration like \"10m\": {e}"),
-            )
-        })?),
+        Some(t) => {
+            let d = humantime::parse_duration(t).map_err(|e| {
+                SpecError::field(
+                    "delay",
+                    format!("{t:?} is not a duration like \"10m\": {e}"),
+                )
+            })?;
+            if d > MAX_DELAY {
+                return Err(SpecError::field(
+                    "delay",
+                    format!("must be at most {}", humantime::format_duration(MAX_DELAY)),
+                ));
+            }
+            Some(d)
+        }
     };
     let webhook = match raw.notify.and_then(|n| n.webhook) {
         None => None,

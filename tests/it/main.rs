@@ -9,6 +9,7 @@ mod crash;
 mod dashboard;
 mod e2b;
 mod embed;
+mod fuzz_regressions;
 mod health;
 mod isolation;
 mod local;

@@ -91,6 +91,21 @@ impl Capped {
         self.bytes
             .extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
+
+    /// The text, still within `cap` bytes: each invalid UTF-8 byte becomes a three-byte
+    /// U+FFFD, so the lossy text can be longer than the bytes kept; it is cut on a character.
+    fn into_text(self, cap: usize) -> (String, bool) {
+        let mut text = String::from_utf8_lossy(&self.bytes).into_owned();
+        if text.len() <= cap {
+            return (text, self.truncated);
+        }
+        let mut end = cap;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        (text, true)
+    }
 }
 
 impl E2bProvider {
@@ -231,68 +246,135 @@ impl E2bProvider {
             return Err(envd_status_error("start command", resp).await);
         }
 
-        let mut decoder = Decoder::new();
-        let mut stdout = Capped::default();
-        let mut stderr = Capped::default();
-        let mut end: Option<EndEvent> = None;
-        let mut started = false;
+        let mut events = ProcessStream::new(spec.max_output, spec.timeout);
         let mut stream = resp.bytes_stream();
         loop {
             let chunk = match stream.next().await {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
-                    if end.is_some() {
+                    if events.has_ended() {
                         break; // the result is complete; losing only the trailer is harmless
                     }
                     return Err(transport_error("command output stream", e));
                 }
                 None => break,
             };
-            decoder.push(&chunk);
-            while let Some(frame) = decoder
-                .next_frame()
-                .map_err(|e| ProviderError::transient(format!("command output stream: {e}")))?
-            {
-                if frame.flags & FLAG_END_STREAM != 0 {
-                    let trailer: EndStream =
-                        serde_json::from_slice(&frame.payload).unwrap_or_default();
-                    if let Some(err) = trailer.error {
-                        return Err(connect_error(err, spec.timeout));
-                    }
-                    return finish(end, stdout, stderr);
-                }
-                let msg: StartResponse = serde_json::from_slice(&frame.payload).map_err(|e| {
-                    ProviderError::transient(format!("command output stream has a bad event: {e}"))
-                })?;
-                let Some(event) = msg.event else { continue };
-                if event.start.is_some() {
-                    started = true;
-                }
-                if let Some(data) = event.data {
-                    // A pty merges both streams; we never ask for one, but count it as stdout.
-                    for text in [data.stdout, data.pty].into_iter().flatten() {
-                        stdout.push(&decode_b64(&text)?, spec.max_output);
-                    }
-                    if let Some(text) = data.stderr {
-                        stderr.push(&decode_b64(&text)?, spec.max_output);
-                    }
-                }
-                if let Some(e) = event.end {
-                    end = Some(e);
-                }
+            if let Some(result) = events.push(&chunk) {
+                return result;
             }
         }
-        if end.is_some() {
-            return finish(end, stdout, stderr);
+        events.closed()
+    }
+}
+
+/// The decoding of a `process.Process/Start` response body into a command's output.
+///
+/// Plain data with no I/O, so that every byte sequence a server could send can be tested
+/// without one: push chunks as they arrive until `push` gives the result, or call `closed` when
+/// the body ends first. Output past `max_output` bytes per stream is dropped and marked.
+#[doc(hidden)] // public only for the fuzz targets in `fuzz/`
+pub struct ProcessStream {
+    decoder: Decoder,
+    stdout: Capped,
+    stderr: Capped,
+    end: Option<EndEvent>,
+    started: bool,
+    max_output: usize,
+    step_timeout: Duration,
+}
+
+impl ProcessStream {
+    pub fn new(max_output: usize, step_timeout: Duration) -> Self {
+        ProcessStream {
+            decoder: Decoder::new(),
+            stdout: Capped::default(),
+            stderr: Capped::default(),
+            end: None,
+            started: false,
+            max_output,
+            step_timeout,
+        }
+    }
+
+    /// Feed the next chunk of the body; `Some` once the command's result (or a stream error)
+    /// is known, after which the rest of the body is of no interest.
+    pub fn push(&mut self, chunk: &[u8]) -> Option<Result<RunOutput, ProviderError>> {
+        self.decoder.push(chunk);
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(e) => {
+                    return Some(Err(ProviderError::transient(format!(
+                        "command output stream: {e}"
+                    ))));
+                }
+            };
+            if frame.flags & FLAG_END_STREAM != 0 {
+                let trailer: EndStream = serde_json::from_slice(&frame.payload).unwrap_or_default();
+                if let Some(err) = trailer.error {
+                    return Some(Err(connect_error(err, self.step_timeout)));
+                }
+                return Some(self.finish());
+            }
+            if let Err(e) = self.event(&frame.payload) {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn event(&mut self, payload: &[u8]) -> Result<(), ProviderError> {
+        let msg: StartResponse = serde_json::from_slice(payload).map_err(|e| {
+            ProviderError::transient(format!("command output stream has a bad event: {e}"))
+        })?;
+        let Some(event) = msg.event else {
+            return Ok(());
+        };
+        if event.start.is_some() {
+            self.started = true;
+        }
+        if let Some(data) = event.data {
+            // A pty merges both streams; we never ask for one, but count it as stdout.
+            for text in [data.stdout, data.pty].into_iter().flatten() {
+                self.stdout.push(&decode_b64(&text)?, self.max_output);
+            }
+            if let Some(text) = data.stderr {
+                self.stderr.push(&decode_b64(&text)?, self.max_output);
+            }
+        }
+        if let Some(e) = event.end {
+            self.end = Some(e);
+        }
+        Ok(())
+    }
+
+    /// Whether the command's end event has arrived (only the trailer may be missing).
+    pub fn has_ended(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// The body ended without an end-of-stream frame.
+    pub fn closed(mut self) -> Result<RunOutput, ProviderError> {
+        if self.end.is_some() {
+            return self.finish();
         }
         Err(ProviderError::transient(format!(
             "command output stream ended before the command finished ({})",
-            if started {
+            if self.started {
                 "after it started"
             } else {
                 "before it started"
             }
         )))
+    }
+
+    fn finish(&mut self) -> Result<RunOutput, ProviderError> {
+        finish(
+            self.end.take(),
+            std::mem::take(&mut self.stdout),
+            std::mem::take(&mut self.stderr),
+            self.max_output,
+        )
     }
 }
 
@@ -300,6 +382,7 @@ fn finish(
     end: Option<EndEvent>,
     stdout: Capped,
     stderr: Capped,
+    max_output: usize,
 ) -> Result<RunOutput, ProviderError> {
     let Some(end) = end else {
         return Err(ProviderError::transient(
@@ -311,11 +394,13 @@ fn finish(
     } else {
         signal_exit_code(&end.status).unwrap_or(end.exit_code)
     };
+    let (stdout, out_cut) = stdout.into_text(max_output);
+    let (stderr, err_cut) = stderr.into_text(max_output);
     Ok(RunOutput {
-        stdout: String::from_utf8_lossy(&stdout.bytes).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr.bytes).into_owned(),
+        stdout,
+        stderr,
         exit_code,
-        truncated: stdout.truncated || stderr.truncated,
+        truncated: out_cut || err_cut,
     })
 }
 
@@ -416,6 +501,7 @@ mod tests {
             Some(EndEvent::default()),
             Capped::default(),
             Capped::default(),
+            16,
         )
         .unwrap();
         assert_eq!(out.exit_code, 0);
@@ -423,7 +509,7 @@ mod tests {
             status: "signal: killed".into(),
             ..Default::default()
         };
-        let out = finish(Some(killed), Capped::default(), Capped::default()).unwrap();
+        let out = finish(Some(killed), Capped::default(), Capped::default(), 16).unwrap();
         assert_eq!(out.exit_code, 137);
     }
 

@@ -17,6 +17,8 @@ use std::time::Duration;
 use super::{Provider, ProviderError, RunOutput, RunSpec, SandboxInfo, SandboxSpec};
 
 pub use control::SandboxDetail;
+#[doc(hidden)] // for the fuzz targets in `fuzz/`
+pub use envd::ProcessStream;
 
 /// The envd port inside every sandbox; also the value of the `E2b-Sandbox-Port` routing header.
 pub const ENVD_PORT: u16 = 49983;
