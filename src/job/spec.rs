@@ -186,6 +186,12 @@ fn validate(raw: RawSpec, d: &SpecDefaults) -> Result<JobSpec, SpecError> {
     }
     let template = raw.sandbox.template.unwrap_or_else(|| d.template.clone());
     check_name("sandbox.template", &template)?;
+    if raw.sandbox_id.is_some() && raw.sandbox.network.is_some() {
+        return Err(SpecError::field(
+            "sandbox.network",
+            "a job in a kept sandbox (sandbox_id) runs with the network that sandbox was made with",
+        ));
+    }
     let network = match raw.sandbox.network.as_deref() {
         Some(text) => NetworkAccess::parse(text).ok_or_else(|| {
             SpecError::field(
@@ -474,6 +480,10 @@ mod tests {
             ),
             (
                 r#"{"user_id":"u","sandbox":{"network":true},"steps":[{"run":{"cmd":"x"}}]}"#,
+                "sandbox.network",
+            ),
+            (
+                r#"{"user_id":"u","sandbox_id":"sbx-1","sandbox":{"network":"host"},"steps":[{"run":{"cmd":"x"}}]}"#,
                 "sandbox.network",
             ),
         ];
