@@ -14,6 +14,8 @@ use sandwarden::emulator::{
 use sandwarden::provider::e2b::{E2bConfig, E2bProvider};
 use sandwarden::provider::{ErrorCategory, Network, Provider, RunSpec, SandboxSpec};
 
+use crate::support::run_to_end;
+
 const KEY: &str = "e2b_0123456789abcdef";
 
 struct Rig {
@@ -585,12 +587,7 @@ async fn runtime_runs_the_hello_job_through_the_e2b_provider() {
     let r = rig().await;
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime_on_emulator(&r.emu, dir.path()).await;
-    let (job, _) = rt.submit(hello_spec()).await.unwrap();
-    let job = rt
-        .wait(&job.id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, hello_spec()).await;
     assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
     let steps = &job.result.as_ref().unwrap().steps;
     assert_eq!(steps[1].stdout.as_deref(), Some("hi from e2b\n"));
@@ -609,12 +606,7 @@ async fn runtime_retries_5xx_on_create_without_leaking_sandboxes() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime_on_emulator(&r.emu, dir.path()).await;
     r.emu.faults().fail_next("create", 2, 503);
-    let (job, _) = rt.submit(hello_spec()).await.unwrap();
-    let job = rt
-        .wait(&job.id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, hello_spec()).await;
     assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
     assert_eq!(
         r.emu.faults().calls("create"),
@@ -631,12 +623,7 @@ async fn runtime_retries_a_stream_dropped_mid_command() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime_on_emulator(&r.emu, dir.path()).await;
     r.emu.faults().drop_stream_next(1, 1);
-    let (job, _) = rt.submit(hello_spec()).await.unwrap();
-    let job = rt
-        .wait(&job.id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, hello_spec()).await;
     assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
     assert_eq!(r.emu.faults().calls("process_start"), 2);
     rt.shutdown().await.unwrap();
@@ -704,12 +691,7 @@ async fn an_unhealthy_new_sandbox_is_killed_and_replaced() {
     let rt = runtime_on_emulator(&r.emu, dir.path()).await;
     // One failed health check is asked again: the sandbox is kept.
     r.emu.faults().fail_next("envd_health", 1, 502);
-    let (job, _) = rt.submit(hello_spec()).await.unwrap();
-    let job = rt
-        .wait(&job.id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, hello_spec()).await;
     assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
     assert_eq!(r.emu.faults().calls("create"), 1);
     assert_eq!(r.emu.faults().calls("envd_health"), 2);
@@ -717,12 +699,7 @@ async fn an_unhealthy_new_sandbox_is_killed_and_replaced() {
     // creates are idempotent per job attempt.
     r.emu.faults().reset_stats();
     r.emu.faults().fail_next("envd_health", 3, 502);
-    let (job, _) = rt.submit(hello_spec()).await.unwrap();
-    let job = rt
-        .wait(&job.id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, hello_spec()).await;
     assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
     assert_eq!(
         r.emu.faults().calls("create"),

@@ -11,6 +11,12 @@ use sandwarden::runtime::BreakerAction;
 
 use crate::support::{MemProvider, paused_settings, run_spec};
 
+/// Run the health check now and return its report.
+async fn checked(rt: &sandwarden::RuntimeHandle) -> sandwarden::health::HealthReport {
+    rt.run_task("health").await.unwrap().unwrap();
+    rt.health().await.unwrap()
+}
+
 async fn runs(rt: &sandwarden::RuntimeHandle, name: &str) -> u64 {
     rt.tasks()
         .await
@@ -104,15 +110,11 @@ async fn the_health_report_follows_each_cause_and_recovers() {
     let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
         .await
         .unwrap();
-    let check = |rt: sandwarden::RuntimeHandle| async move {
-        rt.run_task("health").await.unwrap().unwrap();
-        rt.health().await.unwrap()
-    };
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "healthy", "{r:?}");
 
     rt.breaker_control(BreakerAction::Open).await.unwrap();
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "unhealthy", "{r:?}");
     assert!(
         r.reasons
@@ -121,13 +123,13 @@ async fn the_health_report_follows_each_cause_and_recovers() {
         "{r:?}"
     );
     rt.breaker_control(BreakerAction::Reset).await.unwrap();
-    assert_eq!(check(rt.clone()).await.status, "healthy");
+    assert_eq!(checked(&rt).await.status, "healthy");
 
     for i in 0..2 {
         let id = rt.submit(run_spec(&format!("q{i}"))).await.unwrap().0.id;
         rt.wait(&id, Duration::from_secs(30)).await.unwrap();
     }
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "degraded", "{r:?}");
     assert!(
         r.reasons
@@ -142,14 +144,14 @@ async fn the_health_report_follows_each_cause_and_recovers() {
         status: 503,
         ..Default::default()
     });
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "unhealthy", "{r:?}");
     assert!(!r.provider_reachable);
     rt.faults().set(Faults::default());
 
     // An hour later the quota window has freed.
     tokio::time::sleep(Duration::from_secs(3601)).await;
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "healthy", "{r:?}");
     assert_eq!(r.workers_alive, Some(r.workers_configured));
     rt.shutdown().await.unwrap();
@@ -226,16 +228,12 @@ async fn a_hung_worker_is_replaced_and_its_job_runs_again() {
     let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
         .await
         .unwrap();
-    let check = |rt: sandwarden::RuntimeHandle| async move {
-        rt.run_task("health").await.unwrap().unwrap();
-        rt.health().await.unwrap()
-    };
     rt.faults().stall_next_jobs(1);
     let id = rt.submit(run_spec("stuck once")).await.unwrap().0.id;
     // Time bound of this job: 30 s look for earlier sandboxes + 60 s create + 120 s run + 30 s
     // clean-up = 240 s; hung after 240 s + 60 s grace.
     tokio::time::sleep(Duration::from_secs(290)).await;
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "healthy", "still within its bound: {r:?}");
     assert_eq!(
         rt.get(&id).unwrap().unwrap().status,
@@ -243,7 +241,7 @@ async fn a_hung_worker_is_replaced_and_its_job_runs_again() {
     );
 
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "degraded", "{r:?}");
     assert!(
         r.reasons
@@ -271,7 +269,7 @@ async fn a_hung_worker_is_replaced_and_its_job_runs_again() {
     let next = rt.submit(run_spec("after")).await.unwrap().0.id;
     let done = rt.wait(&next, Duration::from_secs(30)).await.unwrap();
     assert_eq!(done.unwrap().status, sandwarden::job::JobStatus::Completed);
-    let r = check(rt.clone()).await;
+    let r = checked(&rt).await;
     assert_eq!(r.status, "healthy", "{r:?}");
     assert_eq!(r.workers_alive, Some(1));
     rt.shutdown().await.unwrap();

@@ -9,7 +9,7 @@ use sandwarden::Runtime;
 use sandwarden::job::JobStatus;
 use serde_json::json;
 
-use crate::support::{MemProvider, Service, paused_settings, run_spec};
+use crate::support::{MemProvider, Service, paused_settings, run_spec, run_to_end};
 
 #[tokio::test]
 async fn a_kept_sandbox_serves_its_owners_next_job() {
@@ -115,12 +115,7 @@ async fn an_idle_kept_sandbox_is_paused_and_the_next_job_resumes_it() {
         &Default::default(),
     )
     .unwrap();
-    let id = rt.submit(keep).await.unwrap().0.id;
-    let job = rt
-        .wait(&id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, keep).await;
     assert_eq!(job.status, JobStatus::Completed);
     let sandbox = job.result.unwrap().sandbox_id.unwrap();
     let state = |rt: &sandwarden::RuntimeHandle| {
@@ -150,12 +145,7 @@ async fn an_idle_kept_sandbox_is_paused_and_the_next_job_resumes_it() {
         &Default::default(),
     )
     .unwrap();
-    let id = rt.submit(next).await.unwrap().0.id;
-    let job = rt
-        .wait(&id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = run_to_end(&rt, next).await;
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     assert_eq!(
         job.result.unwrap().steps[0].content.as_deref(),

@@ -367,6 +367,18 @@ pub fn processes_matching(marker: &str) -> Vec<u32> {
     found
 }
 
+/// Submit `spec` and wait (30 s at most) until its job ends.
+pub async fn run_to_end(
+    rt: &RuntimeHandle,
+    spec: sandwarden::job::JobSpec,
+) -> sandwarden::job::Job {
+    let (job, _) = rt.submit(spec).await.unwrap();
+    rt.wait(&job.id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the job is in the store")
+}
+
 /// Settings for tests on tokio's paused clock: fsync inline, so that waiting for the disk
 /// cannot let the paused clock jump ahead.
 pub fn paused_settings(dir: &std::path::Path) -> Settings {
