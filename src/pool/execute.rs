@@ -681,7 +681,8 @@ where
         match &outcome {
             Err(e)
                 if e.category() == ErrorCategory::RateLimited
-                    && ctx.protection == Protection::Full =>
+                    && ctx.protection == Protection::Full
+                    && op.is_account_wide() =>
             {
                 ctx.limiter.rate_limited(op, e.retry_after())
             }

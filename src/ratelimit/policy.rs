@@ -46,6 +46,13 @@ impl Operation {
         Operation::List,
     ];
 
+    /// Whether the provider limits this operation account-wide (the control plane), so that a
+    /// 429 on one call holds every call of it. The others act on one sandbox (its own agent):
+    /// a 429 there holds only the call that got it, through its retry.
+    pub fn is_account_wide(&self) -> bool {
+        !matches!(self, Operation::Run | Operation::Read | Operation::Write)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Operation::Create => "sandbox_create",

@@ -764,3 +764,52 @@ async fn the_scheduled_reaper_kills_orphans_but_not_running_jobs_sandboxes() {
     rt.cancel(&job.id).await.unwrap();
     rt.shutdown().await.unwrap();
 }
+
+/// Once the emulator has answered `endpoint` with a fault, plus a moment for the service to act.
+async fn after_fault_on(emu: &EmulatorHandle, endpoint: &str) {
+    while emu
+        .faults()
+        .stats()
+        .get(endpoint)
+        .is_none_or(|s| s.faulted == 0)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_429_from_one_sandbox_holds_that_call_only_and_one_from_the_api_holds_creates() {
+    let r = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime_on_emulator(&r.emu, dir.path()).await;
+    for endpoint in ["create", "process_start"] {
+        r.emu.faults().reset_stats();
+        r.emu.faults().add(FaultRule {
+            count: Some(1),
+            ..FaultRule::new(
+                Some(endpoint),
+                FaultAction::RateLimit {
+                    retry_after_secs: 1,
+                },
+            )
+        });
+        let job = tokio::spawn({
+            let rt = rt.clone();
+            async move { run_to_end(&rt, hello_spec()).await }
+        });
+        after_fault_on(&r.emu, endpoint).await;
+        // Within the 1 s Retry-After: the API's 429 holds every create; a sandbox agent's 429
+        // holds only the call that got it (no cool-down for other sandboxes' runs).
+        let (op, held) = match endpoint {
+            "create" => ("sandbox_create", true),
+            _ => ("command_run", false),
+        };
+        let usage = crate::support::op_usage(&rt, op).await;
+        assert_eq!(usage.cooldown_until_ms.is_some(), held, "{usage:?}");
+        let job = job.await.unwrap();
+        assert_eq!(job.status, sandwarden::job::JobStatus::Completed, "{job:?}");
+        assert_eq!(r.emu.faults().calls(endpoint), 2, "{endpoint} was retried");
+    }
+    rt.shutdown().await.unwrap();
+}
