@@ -1,9 +1,20 @@
-//! Cost of the protection path per provider call: the breaker and limiter decisions on their
-//! own, and the same decisions through their actors (a call for the permit and a cast for the
-//! outcome), against a bare no-op call measured in the same run.
+//! Cost of the protection path per provider call, against the same no-op call bare and through
+//! an equivalent tower stack (rate limit + retry + timeout), measured in the same run.
+//!
+//! - `decision/*`: the breaker and limiter decisions on their own (plain types, no actors);
+//! - `call/*`: one `run` on the no-op provider, N calls in a loop on one task, bare, through
+//!   tower, and through `pool::protected_call` (the function the worker calls for every
+//!   provider call) with the limiter told by a cast (`run` unlimited, the default) or asked by
+//!   a call (`run` limited).
+//!
+//! Criterion reports means; the tail (p99 per call) is printed by
+//! `cargo run --release --example protection_latency`, which runs the same three variants.
+
+#[path = "support/protection.rs"]
+mod protection;
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sandwarden::breaker::{Breaker, BreakerConfig};
@@ -38,85 +49,60 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-fn actors(c: &mut Criterion) {
+fn calls(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = sandwarden::store::Store::open(dir.path()).unwrap();
-    let settings = sandwarden::Settings::with_data_dir(dir.path());
-    let (link, limiter) = rt.block_on(async {
-        let (sup, _) = ractor::Actor::spawn(None, Idle, ()).await.unwrap();
-        let (link, _) = sandwarden::breaker::CircuitBreakerActor::start(
-            sandwarden::breaker::BreakerArgs {
-                provider: "bench".into(),
-                settings: settings.breaker.clone(),
-                store: store.clone(),
-                metrics: Default::default(),
-            },
-            sup.get_cell(),
-        )
-        .await
-        .unwrap();
-        let (limiter, _) = sandwarden::ratelimit::RateLimiterActor::start(
-            sandwarden::ratelimit::LimiterArgs {
-                settings: settings.ratelimit.clone(),
-                store: store.clone(),
-                metrics: Default::default(),
-            },
-            sup.get_cell(),
-        )
-        .await
-        .unwrap();
-        (link, limiter)
-    });
-    let mut g = c.benchmark_group("actor");
-    g.bench_function("bare_async_noop", |b| {
-        b.to_async(&rt).iter(|| async { black_box(1) })
-    });
-    g.bench_function("breaker_permit_and_record", |b| {
-        b.to_async(&rt).iter(|| async {
-            let p = link.acquire().await.unwrap();
-            link.record(p, Ok(()));
+    let rig = rt.block_on(protection::Rig::start());
+    let rig = &rig;
+    let mut g = c.benchmark_group("call");
+    // Each sample is one loop of `iters` calls on one task, so the per-iteration cost of
+    // entering the runtime is not part of any variant.
+    g.bench_function("bare", |b| {
+        b.to_async(&rt).iter_custom(move |iters| async move {
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(rig.bare().await);
+            }
+            start.elapsed()
         })
     });
-    g.bench_function("limiter_then_breaker", |b| {
-        b.to_async(&rt).iter(|| async {
-            limiter.acquire(Operation::Run, "u").await.unwrap();
-            let p = link.acquire().await.unwrap();
-            link.record(p, Ok(()));
+    g.bench_function("tower_ratelimit_retry_timeout", |b| {
+        b.to_async(&rt).iter_custom(move |iters| async move {
+            let mut stack = rig.tower();
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(stack.call().await);
+            }
+            start.elapsed()
+        })
+    });
+    g.bench_function("sandwarden_unlimited_op", |b| {
+        b.to_async(&rt).iter_custom(move |iters| async move {
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(rig.sandwarden(&rig.unlimited).await);
+            }
+            start.elapsed()
+        })
+    });
+    g.bench_function("sandwarden_limited_op", |b| {
+        b.to_async(&rt).iter_custom(move |iters| async move {
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(rig.sandwarden(&rig.limited).await);
+            }
+            start.elapsed()
         })
     });
     g.finish();
 }
 
-struct Idle;
-impl ractor::Actor for Idle {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<()>,
-        _: (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
-    async fn handle_supervisor_evt(
-        &self,
-        _: ractor::ActorRef<()>,
-        _: ractor::SupervisionEvent,
-        _: &mut (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
-}
-
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = decisions, actors
+    targets = decisions, calls
 }
 criterion_main!(benches);

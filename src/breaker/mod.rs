@@ -82,6 +82,8 @@ pub enum BreakerMsg {
 pub struct BreakerLink {
     actor: ActorRef<BreakerMsg>,
     view: watch::Receiver<BreakerView>,
+    /// A failure-rate window is configured: every outcome counts, successes included.
+    counts_successes: bool,
 }
 
 /// Leave to make one provider call.
@@ -120,9 +122,23 @@ impl BreakerLink {
     pub fn record(&self, pass: Pass, outcome: Result<(), (ErrorCategory, String)>) {
         let _ = match pass {
             Pass::Permit(p) => self.actor.cast(BreakerMsg::Record(p, outcome)),
+            Pass::Closed if outcome.is_ok() && !self.success_counts() => Ok(()),
             Pass::Closed => self.actor.cast(BreakerMsg::RecordClosed(outcome)),
             Pass::Untracked => Ok(()),
         };
+    }
+
+    /// Whether a success on the closed path would change the breaker. Without a rate window
+    /// it only clears the consecutive failures, so with none published it changes nothing and
+    /// is not sent: waking the actor is most of the cost of a protected call. A success that
+    /// races a failure being counted may so go unsent, which lets the count run across it
+    /// (at most one success per worker, like any call racing a transition).
+    fn success_counts(&self) -> bool {
+        if self.counts_successes {
+            return true;
+        }
+        let view = self.view.borrow();
+        view.state != "closed" || view.consecutive_failures > 0
     }
 
     pub fn release(&self, pass: Pass) {
@@ -169,12 +185,14 @@ impl CircuitBreakerActor {
         supervisor: ractor::ActorCell,
     ) -> Result<(BreakerLink, ActorRef<BreakerMsg>), ractor::SpawnErr> {
         let (tx, rx) = watch::channel(empty_view(&args.provider));
+        let counts_successes = config_from(&args.settings).window.is_some();
         let (actor, _) =
             Actor::spawn_linked(None, CircuitBreakerActor, (args, tx), supervisor).await?;
         Ok((
             BreakerLink {
                 actor: actor.clone(),
                 view: rx,
+                counts_successes,
             },
             actor,
         ))

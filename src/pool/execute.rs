@@ -71,7 +71,7 @@ const SHORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a protected call did not produce a value.
 #[derive(Debug)]
-enum CallError {
+pub enum CallError {
     /// The provider failed and the retry policy gave up.
     Failed(ProviderError),
     /// The breaker is open: the provider is considered down.
@@ -604,7 +604,9 @@ async fn reap_earlier_attempts(ctx: &WorkerContext, job: &Job) {
 }
 
 /// One provider call under the step deadline, the breaker and the retry policy.
-async fn call<T, F, Fut>(
+///
+/// `attempt` makes one try and is given the time left before the deadline.
+pub async fn call<T, F, Fut>(
     ctx: &WorkerContext,
     user: &str,
     op: Operation,

@@ -252,3 +252,75 @@ async fn recovery_ramps_concurrency_up_as_calls_succeed() {
     }
     rt.shutdown().await.unwrap();
 }
+
+/// Successes on the closed path are sent to the breaker only when they can change it; these
+/// are the two cases where they can.
+#[tokio::test(start_paused = true)]
+async fn a_success_after_failures_clears_the_count_and_a_rate_window_counts_every_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = paused_settings(dir.path());
+    settings.workers = 1;
+    settings.breaker.failure_threshold = 1000;
+    settings.retry.max_retries = 0;
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    rt.submit(run_spec("fails")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failures = rt.breaker().await.unwrap().consecutive_failures;
+    assert!(failures > 0, "the failed create was counted");
+    rt.faults().set(Faults::default());
+    let ok = rt.submit(run_spec("succeeds")).await.unwrap().0.id;
+    let job = rt
+        .wait(&ok, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rt.breaker().await.unwrap().consecutive_failures, 0);
+    rt.shutdown().await.unwrap();
+
+    // With a failure-rate window the successes must be in it: 3 jobs of 3 successful calls,
+    // then 2 failed creates, leave [ok, ok, ok, failed, failed] = 40 %, under the 50 % that
+    // would open it (and that 2 failures alone would be).
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = paused_settings(dir.path());
+    settings.workers = 1;
+    settings.breaker.failure_threshold = 1000;
+    settings.breaker.window_size = 5;
+    settings.breaker.window_min_calls = 2;
+    settings.breaker.window_failure_rate = 0.5;
+    settings.retry.max_retries = 0;
+    settings.retry.base = Duration::from_secs(60);
+    settings.retry.jitter = "none".into();
+    let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let id = rt.submit(run_spec(&format!("ok{i}"))).await.unwrap().0.id;
+        rt.wait(&id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    rt.faults().set(Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status: 503,
+        ..Default::default()
+    });
+    rt.submit(run_spec("fails1")).await.unwrap();
+    rt.submit(run_spec("fails2")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let view = rt.breaker().await.unwrap();
+    assert_eq!(view.state, "closed", "{view:?}");
+    assert_eq!(view.failure_rate, Some(0.4), "{view:?}");
+    rt.shutdown().await.unwrap();
+}
