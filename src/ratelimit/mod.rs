@@ -190,6 +190,9 @@ pub fn config_from(s: &RateLimitSettings) -> LimiterConfig {
 #[derive(Serialize, Deserialize, Default)]
 struct StoredUsage {
     calls: Vec<(String, Option<String>, u64)>,
+    /// Calls per record, in the order of `calls` (absent: one each).
+    #[serde(default)]
+    counts: Vec<u32>,
     cooldowns: Vec<(String, u64)>,
     alarms: Vec<(String, String)>,
     live_sandboxes: u32,
@@ -215,10 +218,11 @@ fn state_parse(s: &str) -> UsageState {
 
 fn encode(snap: LimiterSnapshot) -> StoredUsage {
     StoredUsage {
+        counts: snap.calls.iter().map(|(_, _, _, n)| *n).collect(),
         calls: snap
             .calls
             .into_iter()
-            .map(|(op, u, at)| (op.as_str().into(), u, at))
+            .map(|(op, u, at, _)| (op.as_str().into(), u, at))
             .collect(),
         cooldowns: snap
             .cooldowns
@@ -239,7 +243,11 @@ fn decode(s: StoredUsage) -> LimiterSnapshot {
         calls: s
             .calls
             .into_iter()
-            .filter_map(|(op, u, at)| Some((Operation::parse(&op)?, u, at)))
+            .enumerate()
+            .filter_map(|(i, (op, u, at))| {
+                let n = s.counts.get(i).copied().unwrap_or(1);
+                Some((Operation::parse(&op)?, u, at, n))
+            })
             .collect(),
         cooldowns: s
             .cooldowns

@@ -251,8 +251,8 @@ pub struct Usage {
 /// Everything needed to rebuild identical decisions after a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimiterSnapshot {
-    /// Every retained call as (op, user, at_ms), oldest first per op.
-    pub calls: Vec<(Operation, Option<String>, u64)>,
+    /// Every retained record as (op, user, at_ms, calls), oldest first per op.
+    pub calls: Vec<(Operation, Option<String>, u64, u32)>,
     pub cooldowns: Vec<(Operation, u64)>,
     /// Highest threshold already announced per op; without it a restart would
     /// re-announce a warning or swallow a pending recovery.
@@ -260,11 +260,24 @@ pub struct LimiterSnapshot {
     pub live_sandboxes: u32,
 }
 
+/// One call of a limited operation, or the calls of an unlimited one within one second (and
+/// one user when per-user quotas are on): their decisions need only counts, and one record per
+/// call would grow with the call rate (a window of an hour at 1,500 calls/s is 5.4 M records).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Call {
     at_ms: u64,
     user: Option<String>,
+    n: u32,
 }
+
+/// Calls in the records from `start` on.
+fn calls_from(q: &VecDeque<Call>, start: usize) -> u32 {
+    q.range(start..)
+        .fold(0u32, |sum, c| sum.saturating_add(c.n))
+}
+
+/// Records of unlimited operations are kept per this many milliseconds.
+const UNLIMITED_BUCKET_MS: u64 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -435,7 +448,7 @@ impl RateLimiter {
         let empty = VecDeque::new();
         let q = self.calls.get(&op).unwrap_or(&empty);
         let start = q.partition_point(|c| c.at_ms.saturating_add(window_ms) <= now_ms);
-        let count = count_u32(q.len() - start);
+        let count = calls_from(q, start);
         let cooldown_until_ms = self.cooldown_until(op, now_ms);
         let resets_at_ms = q.get(start).map(|c| c.at_ms.saturating_add(window_ms));
         let (limit_max, remaining, ratio, mut state) = match limit {
@@ -501,7 +514,7 @@ impl RateLimiter {
             calls: self
                 .calls
                 .iter()
-                .flat_map(|(op, q)| q.iter().map(move |c| (*op, c.user.clone(), c.at_ms)))
+                .flat_map(|(op, q)| q.iter().map(move |c| (*op, c.user.clone(), c.at_ms, c.n)))
                 .collect(),
             cooldowns: self.cooldowns.iter().map(|(op, t)| (*op, *t)).collect(),
             alarms: self.alarms.iter().map(|(op, s)| (*op, *s)).collect(),
@@ -515,9 +528,11 @@ impl RateLimiter {
         let mut calls = snap.calls;
         // Sorting by time first keeps every insert at the back, so restore is not
         // quadratic for a large snapshot.
-        calls.sort_by_key(|(_, _, at)| *at);
-        for (op, user, at) in calls {
-            me.record(op, user, at);
+        calls.sort_by_key(|(_, _, at, _)| *at);
+        for (op, user, at, n) in calls {
+            for _ in 0..n.max(1) {
+                me.record(op, user.clone(), at);
+            }
         }
         for (op, until) in snap.cooldowns {
             let slot = me.cooldowns.entry(op).or_insert(until);
@@ -548,15 +563,32 @@ impl RateLimiter {
     }
 
     fn record(&mut self, op: Operation, user: Option<String>, at_ms: u64) {
-        let q = self.calls.entry(op).or_default();
-        // A clock that stepped back must not break the ordering the windows rely on.
-        let pos = q.partition_point(|c| c.at_ms <= at_ms);
+        // Only a per-user quota needs to know whose calls these were; with one, records keep
+        // their exact times so that the users' index rebuilt at restore is exact too.
+        let user = user.filter(|_| self.cfg.per_user.is_some());
         if let Some(u) = &user {
             let uq = self.users.entry(u.clone()).or_default();
             let upos = uq.partition_point(|t| *t <= at_ms);
             uq.insert(upos, at_ms);
         }
-        q.insert(pos, Call { at_ms, user });
+        let limited = self.cfg.limits.contains_key(&op);
+        let at_ms = if limited || user.is_some() {
+            at_ms
+        } else {
+            at_ms - at_ms % UNLIMITED_BUCKET_MS
+        };
+        let q = self.calls.entry(op).or_default();
+        if !limited
+            && let Some(last) = q.back_mut()
+            && last.at_ms == at_ms
+            && last.user == user
+        {
+            last.n = last.n.saturating_add(1);
+            return;
+        }
+        // A clock that stepped back must not break the ordering the windows rely on.
+        let pos = q.partition_point(|c| c.at_ms <= at_ms);
+        q.insert(pos, Call { at_ms, user, n: 1 });
     }
 
     fn drop_expired(&mut self, now_ms: u64) -> usize {
@@ -583,8 +615,7 @@ impl RateLimiter {
             .front()
             .is_some_and(|c| c.at_ms.saturating_add(keep) <= now_ms)
         {
-            q.pop_front();
-            dropped += 1;
+            dropped += q.pop_front().map_or(0, |c| c.n as usize);
         }
         if q.is_empty() {
             self.calls.remove(&op);
@@ -651,7 +682,7 @@ impl RateLimiter {
             return 0;
         };
         let start = q.partition_point(|c| c.at_ms.saturating_add(window_ms) <= now_ms);
-        count_u32(q.len() - start)
+        calls_from(q, start)
     }
 
     fn level(&self, count: u32, max: u32) -> UsageState {
@@ -1221,6 +1252,33 @@ mod tests {
         assert_eq!(u.resets_at_ms, Some(window));
         assert_eq!(rl.prune(window + 49), 50);
         assert_eq!(rl.record_count(), 0);
+    }
+
+    #[test]
+    fn an_hour_of_unlimited_calls_at_1500_per_second_keeps_a_record_per_second() {
+        let mut rl = RateLimiter::new(bare());
+        let mut calls = 0u64;
+        for ms in 0..3_600_000u64 {
+            // 1.5 calls per millisecond.
+            for _ in 0..(1 + ms % 2) {
+                assert!(rl.acquire(Operation::Run, Some("u"), ms).is_granted());
+                calls += 1;
+            }
+        }
+        assert_eq!(calls, 5_400_000);
+        assert_eq!(rl.record_count(), 3600, "one record per second");
+        let u = rl.usage(Operation::Run, 3_599_999);
+        assert_eq!(u.count as u64, calls, "every call counted");
+        let snap = rl.export();
+        assert_eq!(snap.calls.len(), 3600);
+        let back = RateLimiter::restore(bare(), snap, 3_599_999);
+        assert_eq!(back.usage(Operation::Run, 3_599_999).count as u64, calls);
+        // Limited operations keep one record per call: their waits need each call's time.
+        let mut limited = RateLimiter::new(with_limit(Operation::Run, 10, 1000));
+        for i in 0..10 {
+            assert!(limited.acquire(Operation::Run, None, i).is_granted());
+        }
+        assert_eq!(limited.record_count(), 10);
     }
 
     #[test]

@@ -245,15 +245,21 @@ async fn a_paused_local_sandbox_stops_its_processes_keeps_its_files_and_refuses_
         max_output: 1 << 16,
     };
     // A step in flight when the pause comes: its processes are stopped, not killed.
+    // A marker no other run of this test shares, and the sleep itself (not its shell).
+    let marker = format!("sleep 97{}", std::process::id());
     let step = {
-        let (p, id, spec) = (p.clone(), id.clone(), run("sleep 987661; echo woke"));
+        let (p, id, spec) = (p.clone(), id.clone(), run(&format!("{marker}; echo woke")));
         tokio::spawn(async move { p.run(&id, &spec).await })
     };
     let pid = loop {
-        if let Some(pid) = processes_matching("sleep 987661").first() {
-            break *pid;
+        let found = processes_matching(&marker).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == marker)
+        });
+        if let Some(pid) = found {
+            break pid;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert!(p.can_pause());
     p.pause(&id).await.unwrap();
@@ -285,5 +291,12 @@ async fn a_paused_local_sandbox_stops_its_processes_keeps_its_files_and_refuses_
     let ended = step.await.unwrap().unwrap();
     assert_eq!(ended.exit_code, 128 + 9, "killed by SIGKILL: {ended:?}");
     assert!(!ended.stdout.contains("woke"));
-    assert!(processes_matching("sleep 987661").is_empty());
+    // The sleep is reaped by whoever adopted it, on a busy host a moment later.
+    for _ in 0..500 {
+        if processes_matching(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(processes_matching(&marker).is_empty());
 }
