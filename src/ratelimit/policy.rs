@@ -270,8 +270,12 @@ struct Call {
     n: u32,
 }
 
-/// Calls in the records from `start` on.
-fn calls_from(q: &VecDeque<Call>, start: usize) -> u32 {
+/// Calls in the records from `start` on. A limited operation's records are one call each, so
+/// its count is the records' (constant time: it is taken on every acquire).
+fn calls_from(q: &VecDeque<Call>, start: usize, limited: bool) -> u32 {
+    if limited {
+        return count_u32(q.len() - start);
+    }
     q.range(start..)
         .fold(0u32, |sum, c| sum.saturating_add(c.n))
 }
@@ -448,7 +452,7 @@ impl RateLimiter {
         let empty = VecDeque::new();
         let q = self.calls.get(&op).unwrap_or(&empty);
         let start = q.partition_point(|c| c.at_ms.saturating_add(window_ms) <= now_ms);
-        let count = calls_from(q, start);
+        let count = calls_from(q, start, limit.is_some());
         let cooldown_until_ms = self.cooldown_until(op, now_ms);
         let resets_at_ms = q.get(start).map(|c| c.at_ms.saturating_add(window_ms));
         let (limit_max, remaining, ratio, mut state) = match limit {
@@ -682,7 +686,7 @@ impl RateLimiter {
             return 0;
         };
         let start = q.partition_point(|c| c.at_ms.saturating_add(window_ms) <= now_ms);
-        calls_from(q, start)
+        calls_from(q, start, self.cfg.limits.contains_key(&op))
     }
 
     fn level(&self, count: u32, max: u32) -> UsageState {
