@@ -50,6 +50,8 @@ impl Protection {
 pub enum ProviderKind {
     Local,
     E2b,
+    /// Every call succeeds at once and does nothing: for benchmarks of the service itself.
+    Noop,
 }
 
 impl ProviderKind {
@@ -57,6 +59,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => "local",
             ProviderKind::E2b => "e2b",
+            ProviderKind::Noop => "noop",
         }
     }
 }
@@ -359,10 +362,11 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
     let provider = match r.string("provider", "local").as_str() {
         "local" => ProviderKind::Local,
         "e2b" => ProviderKind::E2b,
+        "noop" => ProviderKind::Noop,
         other => {
             r.problem(
                 "provider",
-                format!("unknown provider {other:?}; expected \"local\" or \"e2b\""),
+                format!("unknown provider {other:?}; expected \"local\", \"e2b\" or \"noop\""),
             );
             ProviderKind::Local
         }
@@ -580,7 +584,7 @@ pub fn load_from(fig: Figment) -> Result<Settings, ConfigError> {
     // internet (E2B's own default), locally `local.network`.
     settings.job_defaults.network = match settings.provider {
         ProviderKind::Local => network_access(settings.sandbox_network),
-        ProviderKind::E2b => NetworkAccess::Host,
+        ProviderKind::E2b | ProviderKind::Noop => NetworkAccess::Host,
     };
     settings.job_defaults.template_networks = settings
         .templates

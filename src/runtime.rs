@@ -393,6 +393,10 @@ impl Runtime {
                 };
                 return Self::start_e2b(settings, cfg).await;
             }
+            ProviderKind::Noop => {
+                tracing::warn!("provider \"noop\": jobs do nothing (for benchmarks)");
+                Arc::new(crate::provider::noop::NoopProvider)
+            }
         };
         Self::start_with_provider(settings, provider).await
     }
