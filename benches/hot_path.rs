@@ -4,8 +4,8 @@
 //! - `decision/*`: the breaker and limiter decisions on their own (plain types, no actors);
 //! - `call/*`: one `run` on the no-op provider, N calls in a loop on one task, bare, through
 //!   tower, and through `pool::protected_call` (the function the worker calls for every
-//!   provider call) with the limiter told by a cast (`run` unlimited, the default) or asked by
-//!   a call (`run` limited).
+//!   provider call) with the limiter told by a cast (`run` unlimited, the default) or deciding
+//!   under its lock on the caller's thread (`run` limited).
 //!
 //! Criterion reports means; the tail (p99 per call) is printed by
 //! `cargo run --release --example protection_latency`, which runs the same three variants.

@@ -49,4 +49,11 @@ async fn main() {
     for r in &rows {
         println!("{}", r.row());
     }
+    let full = &rows[0];
+    println!(
+        "full protection: lost {} (target 0), completed {:.1} % (target >= 99.9 %), {:.2} calls per needed call (target <= 1.5)",
+        full.lost,
+        full.completed_ratio() * 100.0,
+        full.call_amplification()
+    );
 }

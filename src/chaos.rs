@@ -63,8 +63,8 @@ impl ChaosPlan {
     /// A few seconds' worth, for the test suite.
     pub fn small(protection: Protection) -> Self {
         ChaosPlan {
-            jobs: 80,
-            rate_per_sec: 40.0,
+            jobs: 160,
+            rate_per_sec: 80.0,
             outage_at: Duration::from_millis(600),
             outage_for: Duration::from_millis(800),
             retry_base: Duration::from_millis(10),

@@ -11,6 +11,7 @@
 pub mod policy;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -70,6 +71,13 @@ pub enum LimiterMsg {
     ),
     /// Record a call that nothing could refuse.
     Track(Operation, Option<String>),
+    /// A caller decided on its own (see `LimiterLink::acquire`): count it, announce what it
+    /// crossed, and mark the usage for persisting.
+    Decided {
+        op: Operation,
+        granted: bool,
+        events: Vec<UsageEvent>,
+    },
     RateLimited(Operation, Option<Duration>),
     SandboxStarted,
     SandboxStopped,
@@ -82,6 +90,10 @@ pub enum LimiterMsg {
 #[derive(Clone)]
 pub struct LimiterLink {
     actor: ActorRef<LimiterMsg>,
+    /// The limiter itself, shared with its actor: a decision is taken under this lock on the
+    /// caller's thread (no round trip to the actor, whose wake-up dominated the tail), and the
+    /// actor is told afterwards.
+    shared: Arc<Mutex<RateLimiter>>,
     /// Which operations must ask (bit per `Operation::ALL` index): limited, cooling down, paced
     /// or per-user. The others are only tracked, by a cast.
     must_ask: watch::Receiver<u8>,
@@ -103,18 +115,25 @@ impl LimiterLink {
                 .cast(LimiterMsg::Track(op, Some(user.to_string())));
             return Ok(());
         }
-        match self
-            .actor
-            .call(
-                |r| LimiterMsg::Acquire(op, Some(user.to_string()), r),
-                Some(ACQUIRE_TIMEOUT),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(d)) => d,
-            // An unreachable limiter must not stop all work; its supervisor restarts it.
-            _ => Ok(()),
-        }
+        let (answer, events) = {
+            let mut limiter = lock(&self.shared);
+            let decision = limiter.acquire(op, Some(user), now_ms());
+            let mut events = limiter.take_events();
+            let answer = match decision {
+                Decision::Granted(g) => {
+                    events.extend(g.events);
+                    Ok(())
+                }
+                Decision::Wait { until_ms, reason } => Err((until_ms, reason.describe())),
+            };
+            (answer, events)
+        };
+        let _ = self.actor.cast(LimiterMsg::Decided {
+            op,
+            granted: answer.is_ok(),
+            events,
+        });
+        answer
     }
 
     pub fn rate_limited(&self, op: Operation, retry_after: Option<Duration>) {
@@ -147,8 +166,12 @@ pub struct LimiterArgs {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
+fn lock(shared: &Mutex<RateLimiter>) -> MutexGuard<'_, RateLimiter> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct LimiterState {
-    limiter: RateLimiter,
+    limiter: Arc<Mutex<RateLimiter>>,
     store: Store,
     dirty: bool,
     events: VecDeque<LimitEvent>,
@@ -267,13 +290,13 @@ impl LimiterState {
     /// Recompute which operations must ask (after a 429, a cool-down's end, a restart).
     fn publish_must_ask(&mut self) {
         let now = now_ms();
-        let cfg = self.limiter.config();
+        let limiter = lock(&self.limiter);
+        let cfg = limiter.config();
         let mut mask = 0u8;
         for op in Operation::ALL {
             let paced = op == Operation::Create
                 && (cfg.max_concurrent_sandboxes.is_some() || cfg.min_create_interval.is_some());
-            let cooling = self
-                .limiter
+            let cooling = limiter
                 .usage(op, now)
                 .cooldown_until_ms
                 .is_some_and(|t| t > now);
@@ -334,7 +357,7 @@ impl LimiterState {
         }
         if let Err(e) = self
             .store
-            .put_record(STORE_KEY, &encode(self.limiter.export()))
+            .put_record(STORE_KEY, &encode(lock(&self.limiter).export()))
         {
             tracing::error!(error = %e, "could not persist rate usage");
             return;
@@ -344,9 +367,9 @@ impl LimiterState {
 
     fn view(&self) -> LimitsView {
         let now = now_ms();
+        let limiter = lock(&self.limiter);
         LimitsView {
-            operations: self
-                .limiter
+            operations: limiter
                 .usages(now)
                 .into_iter()
                 .map(|u| OpView {
@@ -360,8 +383,8 @@ impl LimiterState {
                     cooldown_until_ms: u.cooldown_until_ms,
                 })
                 .collect(),
-            live_sandboxes: self.limiter.live_sandboxes(),
-            max_concurrent_sandboxes: self.limiter.config().max_concurrent_sandboxes,
+            live_sandboxes: limiter.live_sandboxes(),
+            max_concurrent_sandboxes: limiter.config().max_concurrent_sandboxes,
             recent_events: self.events.iter().rev().cloned().collect(),
         }
     }
@@ -375,11 +398,25 @@ impl RateLimiterActor {
         supervisor: ractor::ActorCell,
     ) -> Result<(LimiterLink, ActorRef<LimiterMsg>), ractor::SpawnErr> {
         let (tx, rx) = watch::channel(u8::MAX);
-        let (actor, _) =
-            Actor::spawn_linked(None, RateLimiterActor, (args, tx), supervisor).await?;
+        let cfg = config_from(&args.settings);
+        // A restart must not hand out a fresh window.
+        let limiter = match args.store.get_record::<StoredUsage>(STORE_KEY) {
+            Ok(Some(stored)) => RateLimiter::restore(cfg, decode(stored), now_ms()),
+            Ok(None) => RateLimiter::new(cfg),
+            Err(e) => return Err(ractor::SpawnErr::StartupFailed(Box::new(e))),
+        };
+        let shared = Arc::new(Mutex::new(limiter));
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            RateLimiterActor,
+            (args, tx, shared.clone()),
+            supervisor,
+        )
+        .await?;
         Ok((
             LimiterLink {
                 actor: actor.clone(),
+                shared,
                 must_ask: rx,
             },
             actor,
@@ -390,18 +427,13 @@ impl RateLimiterActor {
 impl Actor for RateLimiterActor {
     type Msg = LimiterMsg;
     type State = LimiterState;
-    type Arguments = (LimiterArgs, watch::Sender<u8>);
+    type Arguments = (LimiterArgs, watch::Sender<u8>, Arc<Mutex<RateLimiter>>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<LimiterMsg>,
-        (args, must_ask): Self::Arguments,
+        (args, must_ask, limiter): Self::Arguments,
     ) -> Result<LimiterState, ActorProcessingErr> {
-        let cfg = config_from(&args.settings);
-        let limiter = match args.store.get_record::<StoredUsage>(STORE_KEY)? {
-            Some(stored) => RateLimiter::restore(cfg, decode(stored), now_ms()),
-            None => RateLimiter::new(cfg),
-        };
         let stop = CancellationToken::new();
         let me = myself.clone();
         let token = stop.clone();
@@ -448,8 +480,25 @@ impl Actor for RateLimiterActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = now_ms();
         match msg {
+            LimiterMsg::Decided {
+                op,
+                granted,
+                events,
+            } => {
+                state.metrics.inc(
+                    "sandwarden_ratelimit_decisions_total",
+                    vec![
+                        ("operation", op.as_str().into()),
+                        ("decision", if granted { "granted" } else { "wait" }.into()),
+                    ],
+                );
+                if granted {
+                    state.dirty = true;
+                }
+                state.note(events);
+            }
             LimiterMsg::Acquire(op, user, reply) => {
-                let decision = state.limiter.acquire(op, user.as_deref(), now);
+                let decision = lock(&state.limiter).acquire(op, user.as_deref(), now);
                 let answer = match &decision {
                     Decision::Granted(_) => Ok(()),
                     Decision::Wait { until_ms, reason } => Err((*until_ms, reason.describe())),
@@ -469,22 +518,22 @@ impl Actor for RateLimiterActor {
                     state.dirty = true;
                     state.note(g.events);
                 }
-                let pending = state.limiter.take_events();
+                let pending = lock(&state.limiter).take_events();
                 state.note(pending);
             }
             LimiterMsg::RateLimited(op, retry_after) => {
                 tracing::warn!(operation = op.as_str(), retry_after = ?retry_after, "provider answered 429; cooling the operation down");
-                state.limiter.on_rate_limited(op, retry_after, now);
+                lock(&state.limiter).on_rate_limited(op, retry_after, now);
                 state.dirty = true;
                 state.persist();
                 state.publish_must_ask();
             }
             LimiterMsg::SandboxStarted => {
-                state.limiter.sandbox_started();
+                lock(&state.limiter).sandbox_started();
                 state.dirty = true;
             }
             LimiterMsg::SandboxStopped => {
-                state.limiter.sandbox_stopped();
+                lock(&state.limiter).sandbox_stopped();
                 state.dirty = true;
             }
             LimiterMsg::View(reply) => {
@@ -492,7 +541,7 @@ impl Actor for RateLimiterActor {
             }
             LimiterMsg::Track(op, user) => {
                 // Unlimited and not cooling down: granted, but every call is tracked.
-                let _ = state.limiter.acquire(op, user.as_deref(), now);
+                let _ = lock(&state.limiter).acquire(op, user.as_deref(), now);
                 state.dirty = true;
                 state.metrics.inc(
                     "sandwarden_ratelimit_decisions_total",
@@ -507,8 +556,10 @@ impl Actor for RateLimiterActor {
                 state.publish_must_ask();
             }
             LimiterMsg::Prune => {
-                let removed = state.limiter.prune(now);
-                let pending = state.limiter.take_events();
+                let (removed, pending) = {
+                    let mut limiter = lock(&state.limiter);
+                    (limiter.prune(now), limiter.take_events())
+                };
                 state.note(pending);
                 if removed > 0 {
                     tracing::debug!(removed, "pruned old rate records");

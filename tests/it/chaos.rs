@@ -21,8 +21,11 @@ async fn full_protection_loses_nothing_and_completes_every_job_through_faults_an
     assert_eq!(r.lost, 0, "{r:?}");
     assert_eq!(r.unfinished, 0, "{r:?}");
     assert_eq!(r.completed, r.accepted, "every job completes: {r:?}");
+    // The target, 1.5, is for the full size (bench/chaos.sh: 1.40); at this size the outage's
+    // fixed cost weighs more and runs vary from 1.35 to 1.49, so the guard has a margin. It
+    // still catches the look-before-create and replace-on-one-failed-health-check waste (1.8).
     assert!(
-        r.call_amplification() <= 1.5,
+        r.call_amplification() <= 1.6,
         "{:.2} provider calls per needed call: {r:#?}",
         r.call_amplification()
     );
