@@ -8,7 +8,7 @@ use sandwarden::Runtime;
 use sandwarden::job::JobStatus;
 use sandwarden::provider::faults::Faults;
 
-use crate::support::{MemProvider, paused_settings, run_spec};
+use crate::support::{MemProvider, fail_every_call, paused_settings, run_spec};
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
@@ -19,12 +19,7 @@ async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
     let rt = Runtime::start_with_provider(settings, mem.clone())
         .await
         .unwrap();
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
 
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -93,12 +88,7 @@ async fn permanent_errors_fail_at_once_and_never_trip_the_breaker() {
     )
     .await
     .unwrap();
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 404,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 404);
     let mut ids = Vec::new();
     for i in 0..8 {
         ids.push(rt.submit(run_spec(&format!("p{i}"))).await.unwrap().0.id);
@@ -129,12 +119,7 @@ async fn an_open_breaker_stays_open_across_a_restart() {
         )
         .await
         .unwrap();
-        rt.faults().set(Faults {
-            enabled: true,
-            error_rate: 1.0,
-            status: 500,
-            ..Default::default()
-        });
+        fail_every_call(&rt, 500);
         rt.submit(run_spec("x")).await.unwrap();
         rt.submit(run_spec("y")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -166,12 +151,7 @@ async fn a_manual_reset_releases_waiting_jobs_at_once() {
     )
     .await
     .unwrap();
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(rt.submit(run_spec(&format!("r{i}"))).await.unwrap().0.id);
@@ -199,12 +179,7 @@ async fn recovery_ramps_concurrency_up_as_calls_succeed() {
     let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
         .await
         .unwrap();
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
     let mut ids = Vec::new();
     for i in 0..40 {
         ids.push(rt.submit(run_spec(&format!("b{i}"))).await.unwrap().0.id);
@@ -265,12 +240,7 @@ async fn a_success_after_failures_clears_the_count_and_a_rate_window_counts_ever
     let rt = Runtime::start_with_provider(settings, Arc::new(MemProvider::default()))
         .await
         .unwrap();
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
     rt.submit(run_spec("fails")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let failures = rt.breaker().await.unwrap().consecutive_failures;
@@ -310,12 +280,7 @@ async fn a_success_after_failures_clears_the_count_and_a_rate_window_counts_ever
             .unwrap()
             .unwrap();
     }
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
     rt.submit(run_spec("fails1")).await.unwrap();
     rt.submit(run_spec("fails2")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -9,7 +9,7 @@ use sandwarden::provider::faults::Faults;
 use sandwarden::ratelimit::policy::Operation;
 use sandwarden::runtime::BreakerAction;
 
-use crate::support::{MemProvider, paused_settings, run_spec};
+use crate::support::{MemProvider, fail_every_call, paused_settings, run_spec};
 
 /// Run the health check now and return its report.
 async fn checked(rt: &sandwarden::RuntimeHandle) -> sandwarden::health::HealthReport {
@@ -138,12 +138,7 @@ async fn the_health_report_follows_each_cause_and_recovers() {
         "{r:?}"
     );
 
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
     let r = checked(&rt).await;
     assert_eq!(r.status, "unhealthy", "{r:?}");
     assert!(!r.provider_reachable);
@@ -178,12 +173,7 @@ async fn sentry_gets_one_event_per_incident() {
         rt.wait(&id, Duration::from_secs(30)).await.unwrap();
     }
     // An outage opens the breaker; a probe a minute later fails.
-    rt.faults().set(Faults {
-        enabled: true,
-        error_rate: 1.0,
-        status: 503,
-        ..Default::default()
-    });
+    fail_every_call(&rt, 503);
     for i in 0..3 {
         rt.submit(run_spec(&format!("o{i}"))).await.unwrap();
     }

@@ -367,6 +367,16 @@ pub fn processes_matching(marker: &str) -> Vec<u32> {
     found
 }
 
+/// Make every provider call fail with `status` (fault injection) until the faults change.
+pub fn fail_every_call(rt: &RuntimeHandle, status: u16) {
+    rt.faults().set(sandwarden::provider::faults::Faults {
+        enabled: true,
+        error_rate: 1.0,
+        status,
+        ..Default::default()
+    });
+}
+
 /// Submit `spec` and wait (30 s at most) until its job ends.
 pub async fn run_to_end(
     rt: &RuntimeHandle,
