@@ -13,14 +13,13 @@
 //!
 //! `cargo run --release --example latency -- [RATE] [SECONDS] [WORKERS]` (500, 10, 4).
 
+#[path = "../benches/support/noop_runtime.rs"]
+mod noop_runtime;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sandwarden::config::IsolationKind;
 use sandwarden::job::JobStatus;
-use sandwarden::provider::noop::NoopProvider;
-use sandwarden::{Runtime, Settings};
 use tokio::sync::broadcast::error::RecvError;
 
 fn arg(n: usize, default: u64) -> u64 {
@@ -65,18 +64,7 @@ async fn main() {
     let jobs = (rate * seconds) as usize;
 
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut settings = Settings::with_data_dir(dir.path());
-    settings.workers = workers;
-    // Irrelevant with the no-op provider (nothing is spawned); set so that no probe can matter.
-    settings.isolation = IsolationKind::None;
-    let rt = Runtime::start_with_provider(settings, Arc::new(NoopProvider))
-        .await
-        .expect("the runtime starts");
-    let spec = sandwarden::job::spec::parse(
-        br#"{"user_id":"bench","steps":[{"run":{"cmd":"true"}}]}"#,
-        &Default::default(),
-    )
-    .expect("a valid spec");
+    let (rt, spec) = noop_runtime::start(dir.path(), workers).await;
 
     // When each job's `running` event arrived (first one only: a job starts once here).
     let mut events = rt.subscribe();

@@ -10,14 +10,14 @@
 //! `cargo run --release --example throughput -- [JOBS] [WORKERS]` (defaults 20000 and 8).
 //! Output: `sandwarden: N jobs, C workers, X jobs/s`, then a latency line.
 
+#[path = "../benches/support/noop_runtime.rs"]
+mod noop_runtime;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sandwarden::config::IsolationKind;
 use sandwarden::job::JobStatus;
-use sandwarden::provider::noop::NoopProvider;
-use sandwarden::{Runtime, Settings};
 use tokio::sync::broadcast::error::RecvError;
 
 const SUBMITTERS: usize = 64;
@@ -44,18 +44,7 @@ async fn main() {
     let workers = arg(2, 8);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut settings = Settings::with_data_dir(dir.path());
-    settings.workers = workers;
-    // Irrelevant with the no-op provider (nothing is spawned); set so that no probe can matter.
-    settings.isolation = IsolationKind::None;
-    let rt = Runtime::start_with_provider(settings, Arc::new(NoopProvider))
-        .await
-        .expect("the runtime starts");
-    let spec = sandwarden::job::spec::parse(
-        br#"{"user_id":"bench","steps":[{"run":{"cmd":"true"}}]}"#,
-        &Default::default(),
-    )
-    .expect("a valid spec");
+    let (rt, spec) = noop_runtime::start(dir.path(), workers).await;
 
     // Count terminal transitions from the event stream, subscribed before the first submit.
     // The stream is a bounded broadcast: if this reader lags it may miss events, and then the
