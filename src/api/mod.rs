@@ -601,6 +601,7 @@ fn faults_json(rt: &RuntimeHandle) -> serde_json::Value {
             .map(|t| humantime::format_duration(Duration::from_millis(t - now)).to_string()),
         "injected": rt.faults().injected(),
         "passed": rt.faults().passed(),
+        "stall_jobs": rt.faults().stalls_left(),
     })
 }
 
@@ -622,6 +623,9 @@ struct FaultsBody {
     latency: Option<String>,
     #[serde(default)]
     outage: Option<String>,
+    /// The next N job runs stall their worker (for the hung-worker watchdog).
+    #[serde(default)]
+    stall_jobs: u64,
 }
 
 async fn faults_put(
@@ -675,5 +679,6 @@ async fn faults_put(
             .map(|d| crate::clock::now_ms() + d.as_millis() as u64),
     };
     rt.faults().set(faults);
+    rt.faults().stall_next_jobs(b.stall_jobs);
     Ok(Json(faults_json(&rt)))
 }

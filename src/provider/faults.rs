@@ -71,6 +71,11 @@ impl FaultControl {
         self.stalls.store(n, Ordering::SeqCst);
     }
 
+    /// Job runs still to stall.
+    pub fn stalls_left(&self) -> u64 {
+        self.stalls.load(Ordering::SeqCst)
+    }
+
     /// Whether this job run should stall (used by the worker).
     pub fn take_stall(&self) -> bool {
         self.stalls

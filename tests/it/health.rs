@@ -264,3 +264,34 @@ async fn a_hung_worker_is_replaced_and_its_job_runs_again() {
     assert_eq!(r.workers_alive, Some(1));
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_stall_fault_is_set_and_shown_through_the_admin_api() {
+    let svc = crate::support::Service::start(|_| {}).await;
+    let put = |body: serde_json::Value| {
+        let (http, url) = (
+            reqwest::Client::new(),
+            format!("{}/v1/admin/faults", svc.url),
+        );
+        async move {
+            let r = http.put(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, body) = put(serde_json::json!({"enabled": false, "stall_jobs": 2})).await;
+    assert_eq!(
+        (status, &body["stall_jobs"]),
+        (200, &serde_json::json!(2)),
+        "{body}"
+    );
+    assert_eq!(svc.get("/v1/admin/faults").await.1["stall_jobs"], 2);
+    assert_eq!(svc.rt.faults().stalls_left(), 2);
+    let (status, body) = put(serde_json::json!({"enabled": false, "stall_jobs": -1})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "stall_jobs", "{body}");
+    let (_, body) = put(serde_json::json!({"enabled": false})).await;
+    assert_eq!(body["stall_jobs"], 0, "setting faults without it clears it");
+}
