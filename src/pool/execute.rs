@@ -50,8 +50,8 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl WorkerContext {
     /// The longest a run of `job` can take when nothing is stuck: getting its sandbox (a look
-    /// for earlier attempts' sandboxes, then a create or a resume), every step's deadline, and
-    /// the clean-up. Each provider call, its retries and its limiter waits fit in its deadline.
+    /// for earlier attempts' sandboxes, or the wait for a pause under way on its kept sandbox;
+    /// then a create or a resume), every step's deadline, and the clean-up. Each provider call, its retries and its limiter waits fit in its deadline.
     pub fn time_bound(&self, job: &Job) -> Duration {
         let steps: Duration = job
             .spec
@@ -62,7 +62,13 @@ impl WorkerContext {
                 Step::Run { timeout, .. } | Step::ReadFile { timeout, .. } => *timeout,
             })
             .sum();
-        CLEANUP_TIMEOUT + self.create_timeout + steps + CLEANUP_TIMEOUT
+        // A job in a kept sandbox may first wait out a pause under way.
+        let pause_wait = if job.spec.sandbox_id.is_some() {
+            PAUSE_WAIT
+        } else {
+            Duration::ZERO
+        };
+        CLEANUP_TIMEOUT + pause_wait + self.create_timeout + steps + CLEANUP_TIMEOUT
     }
 }
 
