@@ -63,12 +63,6 @@ pub struct OpView {
 }
 
 pub enum LimiterMsg {
-    /// `Ok(())` to go ahead, `Err((until_ms, reason))` to wait.
-    Acquire(
-        Operation,
-        Option<String>,
-        RpcReplyPort<Result<(), (u64, String)>>,
-    ),
     /// Record a call that nothing could refuse.
     Track(Operation, Option<String>),
     /// A caller decided on its own (see `LimiterLink::acquire`): count it, announce what it
@@ -496,30 +490,6 @@ impl Actor for RateLimiterActor {
                     state.dirty = true;
                 }
                 state.note(events);
-            }
-            LimiterMsg::Acquire(op, user, reply) => {
-                let decision = lock(&state.limiter).acquire(op, user.as_deref(), now);
-                let answer = match &decision {
-                    Decision::Granted(_) => Ok(()),
-                    Decision::Wait { until_ms, reason } => Err((*until_ms, reason.describe())),
-                };
-                state.metrics.inc(
-                    "sandwarden_ratelimit_decisions_total",
-                    vec![
-                        ("operation", op.as_str().into()),
-                        (
-                            "decision",
-                            if answer.is_ok() { "granted" } else { "wait" }.into(),
-                        ),
-                    ],
-                );
-                let _ = reply.send(answer);
-                if let Decision::Granted(g) = decision {
-                    state.dirty = true;
-                    state.note(g.events);
-                }
-                let pending = lock(&state.limiter).take_events();
-                state.note(pending);
             }
             LimiterMsg::RateLimited(op, retry_after) => {
                 tracing::warn!(operation = op.as_str(), retry_after = ?retry_after, "provider answered 429; cooling the operation down");
