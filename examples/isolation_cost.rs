@@ -54,13 +54,13 @@ async fn main() {
         ));
     }
     for (name, iso, confine, cg) in cases {
-        run_in(dir.path(), &limits, &iso, confine, cg, &spec)
+        run_in(dir.path(), &limits, &iso, confine, cg, &spec, |_| {})
             .await
             .unwrap();
         let mut times = Vec::new();
         for _ in 0..20 {
             let t = Instant::now();
-            let out = run_in(dir.path(), &limits, &iso, confine, cg, &spec)
+            let out = run_in(dir.path(), &limits, &iso, confine, cg, &spec, |_| {})
                 .await
                 .unwrap();
             assert_eq!(out.exit_code, 0);

@@ -283,7 +283,7 @@ impl Provider for LocalProvider {
             cgroup_procs: Vec::new(),
         };
         let mut guard = None;
-        run_started_in(
+        run_in(
             &dir,
             &self.limits,
             &self.isolation,
@@ -481,19 +481,8 @@ fn disk_exceeded(used: u64, limit: u64) -> ProviderError {
 
 /// Run one command in `dir` and kill its whole process group when it ends or times out. With
 /// `cgroups`, the command runs in a cgroup of its own, made for it and removed after it.
+/// `started` is told the command's process group once it runs.
 pub async fn run_in(
-    dir: &Path,
-    limits: &LocalLimits,
-    isolation: &Isolation,
-    confine: &Confinement,
-    cgroups: Option<&Cgroups>,
-    spec: &RunSpec,
-) -> Result<RunOutput, ProviderError> {
-    run_started_in(dir, limits, isolation, confine, cgroups, spec, |_| {}).await
-}
-
-/// `run_in`, telling `started` the command's process group once it runs.
-async fn run_started_in(
     dir: &Path,
     limits: &LocalLimits,
     isolation: &Isolation,
