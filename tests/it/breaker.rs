@@ -8,7 +8,7 @@ use sandwarden::Runtime;
 use sandwarden::job::JobStatus;
 use sandwarden::provider::faults::Faults;
 
-use crate::support::{MemProvider, fail_every_call, paused_settings, run_spec};
+use crate::support::{MemProvider, fail_every_call, mem_runtime, paused_settings, run_spec};
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
@@ -82,12 +82,7 @@ async fn an_outage_keeps_jobs_pending_and_recovery_drains_them() {
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_fail_at_once_and_never_trip_the_breaker() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start_with_provider(
-        paused_settings(dir.path()),
-        Arc::new(MemProvider::default()),
-    )
-    .await
-    .unwrap();
+    let rt = mem_runtime(dir.path()).await;
     fail_every_call(&rt, 404);
     let mut ids = Vec::new();
     for i in 0..8 {
@@ -113,12 +108,7 @@ async fn permanent_errors_fail_at_once_and_never_trip_the_breaker() {
 async fn an_open_breaker_stays_open_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let rt = Runtime::start_with_provider(
-            paused_settings(dir.path()),
-            Arc::new(MemProvider::default()),
-        )
-        .await
-        .unwrap();
+        let rt = mem_runtime(dir.path()).await;
         fail_every_call(&rt, 500);
         rt.submit(run_spec("x")).await.unwrap();
         rt.submit(run_spec("y")).await.unwrap();
@@ -127,12 +117,7 @@ async fn an_open_breaker_stays_open_across_a_restart() {
         assert_eq!(view.state, "open", "{view:?}");
         rt.shutdown().await.unwrap();
     }
-    let rt = Runtime::start_with_provider(
-        paused_settings(dir.path()),
-        Arc::new(MemProvider::default()),
-    )
-    .await
-    .unwrap();
+    let rt = mem_runtime(dir.path()).await;
     let view = rt.breaker().await.unwrap();
     assert_eq!(
         view.state, "open",
@@ -145,12 +130,7 @@ async fn an_open_breaker_stays_open_across_a_restart() {
 #[tokio::test(start_paused = true)]
 async fn a_manual_reset_releases_waiting_jobs_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start_with_provider(
-        paused_settings(dir.path()),
-        Arc::new(MemProvider::default()),
-    )
-    .await
-    .unwrap();
+    let rt = mem_runtime(dir.path()).await;
     fail_every_call(&rt, 503);
     let mut ids = Vec::new();
     for i in 0..6 {

@@ -9,7 +9,7 @@ use sandwarden::provider::faults::Faults;
 use sandwarden::ratelimit::policy::Operation;
 use sandwarden::runtime::BreakerAction;
 
-use crate::support::{MemProvider, fail_every_call, paused_settings, run_spec};
+use crate::support::{MemProvider, fail_every_call, mem_runtime, paused_settings, run_spec};
 
 /// Run the health check now and return its report.
 async fn checked(rt: &sandwarden::RuntimeHandle) -> sandwarden::health::HealthReport {
@@ -30,12 +30,7 @@ async fn runs(rt: &sandwarden::RuntimeHandle, name: &str) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn every_schedule_fires_at_its_times_over_a_simulated_day() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::start_with_provider(
-        paused_settings(dir.path()),
-        Arc::new(MemProvider::default()),
-    )
-    .await
-    .unwrap();
+    let rt = mem_runtime(dir.path()).await;
     for _ in 0..24 {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
@@ -76,23 +71,13 @@ async fn every_schedule_fires_at_its_times_over_a_simulated_day() {
 async fn a_schedule_missed_while_down_runs_once_at_start() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let rt = Runtime::start_with_provider(
-            paused_settings(dir.path()),
-            Arc::new(MemProvider::default()),
-        )
-        .await
-        .unwrap();
+        let rt = mem_runtime(dir.path()).await;
         rt.run_task("ratelimit_cleanup").await.unwrap().unwrap();
         rt.shutdown().await.unwrap();
     }
     // Down for two hours: two hourly runs were missed.
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
-    let rt = Runtime::start_with_provider(
-        paused_settings(dir.path()),
-        Arc::new(MemProvider::default()),
-    )
-    .await
-    .unwrap();
+    let rt = mem_runtime(dir.path()).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(
         runs(&rt, "ratelimit_cleanup").await,

@@ -389,6 +389,14 @@ pub async fn run_to_end(
         .expect("the job is in the store")
 }
 
+/// A runtime on an in-memory provider with `paused_settings` (for tests on tokio's paused
+/// clock that need nothing of the provider).
+pub async fn mem_runtime(dir: &std::path::Path) -> RuntimeHandle {
+    Runtime::start_with_provider(paused_settings(dir), Arc::new(MemProvider::default()))
+        .await
+        .unwrap()
+}
+
 /// Settings for tests on tokio's paused clock: fsync inline, so that waiting for the disk
 /// cannot let the paused clock jump ahead.
 pub fn paused_settings(dir: &std::path::Path) -> Settings {
