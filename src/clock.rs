@@ -32,3 +32,26 @@ pub fn now_ms() -> u64 {
 pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
+
+/// Cast `msg()` to `actor` every `every` (the first at once) until `stop` is cancelled or the
+/// actor is gone: an actor's periodic work. The actor cancels `stop` in its `post_stop`, so
+/// that the task does not outlive it (and keep what it references, the store, alive).
+pub fn tick<M: ractor::Message>(
+    actor: ractor::ActorRef<M>,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    msg: impl Fn() -> M + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if actor.cast(msg()).is_err() {
+                break;
+            }
+        }
+    });
+}

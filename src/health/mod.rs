@@ -168,20 +168,7 @@ impl Actor for HealthMonitorActor {
             }
         }
         let stop = CancellationToken::new();
-        let token = stop.clone();
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(TICK);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                if me.cast(HealthMsg::Tick).is_err() {
-                    break;
-                }
-            }
-        });
+        crate::clock::tick(myself.clone(), TICK, stop.clone(), || HealthMsg::Tick);
         Ok(HealthState {
             args,
             tasks,

@@ -429,19 +429,8 @@ impl Actor for RateLimiterActor {
         (args, must_ask, limiter): Self::Arguments,
     ) -> Result<LimiterState, ActorProcessingErr> {
         let stop = CancellationToken::new();
-        let me = myself.clone();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let mut persist = tokio::time::interval(PERSIST_EVERY);
-            loop {
-                let msg = tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = persist.tick() => LimiterMsg::Persist,
-                };
-                if me.cast(msg).is_err() {
-                    break;
-                }
-            }
+        crate::clock::tick(myself.clone(), PERSIST_EVERY, stop.clone(), || {
+            LimiterMsg::Persist
         });
         let mut state = LimiterState {
             limiter,
