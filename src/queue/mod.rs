@@ -492,7 +492,7 @@ impl QueueState {
                     break;
                 }
             }
-            let Some(seq) = self.store.peek_ready(now)? else {
+            let Some(entry) = self.store.peek_ready(now)? else {
                 break;
             };
             let lease = Lease {
@@ -500,7 +500,7 @@ impl QueueState {
                 claimed_at_ms: now,
                 attempt: 0,
             };
-            let claimed = self.store.claim(seq, &lease, |job| {
+            let claimed = self.store.claim(entry, &lease, |job| {
                 job.status = JobStatus::Running;
                 job.reason = None;
                 job.updated_at_ms = now;

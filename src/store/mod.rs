@@ -6,19 +6,24 @@
 //! `by_user` (user, 0x00, seq -> ()), `idempotency` (user, 0x00, key -> seq), `kv`
 //! (small named records for the breaker and the limiter), `meta` (schema version).
 //!
-//! **Invariant:** a job seq is in at most one of `ready` and `leases`, and a pending job is in
-//! `ready`; every move between them is one transaction together with the job record.
+//! **Invariant:** a job seq is in at most one of `ready` and `leases`; a pending job that holds
+//! no lease is in `ready` under its own key, and a running job holds a lease. Every change is an
+//! ordered list of single-key writes (`Write`), never a sled transaction: a transaction takes
+//! sled's global write lock, which waits for any fsync in progress, so every submit would queue
+//! behind the last one's flush. A crash can cut a list short; `repair`, run at every open, puts
+//! the trees back in line with the job records (see `repair.rs`). The queue actor is the one
+//! writer of these trees, so lists never interleave.
+//!
 //! Writes become durable only through `durable()`, which group-commits: concurrent callers
 //! share one fsync.
 
 mod durability;
+mod repair;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::job::{Job, JobStatus};
 use crate::notify::Notification;
@@ -39,15 +44,6 @@ pub enum StoreError {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Io(e.to_string())
-    }
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => e.into(),
-        }
     }
 }
 
@@ -144,15 +140,136 @@ fn idem_key(user: &str, key: &str) -> Vec<u8> {
     k
 }
 
-fn abort<T>(e: StoreError) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
-    Err(ConflictableTransactionError::Abort(e))
+/// The trees that hold the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueTree {
+    Jobs,
+    Ready,
+    Leases,
+    ByUser,
+    Idempotency,
+}
+
+/// One single-key write of an ordered change. Each change lists its writes so that any prefix
+/// of the list, as a crash may leave it, is something `repair` can finish or undo.
+#[derive(Debug, Clone)]
+enum Write {
+    Put(QueueTree, Vec<u8>, Vec<u8>),
+    Del(QueueTree, Vec<u8>),
+}
+
+/// A due entry of the ready queue, as `peek_ready` found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyEntry {
+    key: [u8; 17],
+    pub seq: u64,
+}
+
+/// A new job: its idempotency key first, so that a second submit with the key finds it, then
+/// the record and its indexes.
+fn insert_writes(job: &Job) -> Vec<Write> {
+    let key = job.seq.to_be_bytes().to_vec();
+    let mut w = Vec::with_capacity(4);
+    if let Some(ikey) = &job.spec.idempotency_key {
+        w.push(Write::Put(
+            QueueTree::Idempotency,
+            idem_key(&job.spec.user_id, ikey),
+            key.clone(),
+        ));
+    }
+    w.push(Write::Put(QueueTree::Jobs, key.clone(), encode(job)));
+    w.push(Write::Put(
+        QueueTree::ByUser,
+        user_key(&job.spec.user_id, job.seq),
+        Vec::new(),
+    ));
+    if job.status == JobStatus::Pending {
+        w.push(Write::Put(QueueTree::Ready, job.ready_key().to_vec(), key));
+    }
+    w
+}
+
+/// A claimed job leaves `ready`, takes its lease, then is stored running.
+fn claim_writes(ready_key: [u8; 17], lease: &Lease, job: &Job) -> Vec<Write> {
+    let key = job.seq.to_be_bytes().to_vec();
+    vec![
+        Write::Del(QueueTree::Ready, ready_key.to_vec()),
+        Write::Put(QueueTree::Leases, key.clone(), encode(lease)),
+        Write::Put(QueueTree::Jobs, key, encode(job)),
+    ]
+}
+
+/// A cancelled job is stored, then leaves `ready`.
+fn unqueue_writes(job: &Job, pending_key: [u8; 17]) -> Vec<Write> {
+    vec![
+        Write::Put(QueueTree::Jobs, job.seq.to_be_bytes().to_vec(), encode(job)),
+        Write::Del(QueueTree::Ready, pending_key.to_vec()),
+    ]
+}
+
+/// A job's new state, then its ready entry if it is pending again, then its lease goes.
+fn release_writes(job: &Job) -> Vec<Write> {
+    let key = job.seq.to_be_bytes().to_vec();
+    let mut w = vec![Write::Put(QueueTree::Jobs, key.clone(), encode(job))];
+    if job.status == JobStatus::Pending {
+        w.push(Write::Put(
+            QueueTree::Ready,
+            job.ready_key().to_vec(),
+            key.clone(),
+        ));
+    }
+    w.push(Write::Del(QueueTree::Leases, key));
+    w
+}
+
+/// An ended job goes, then its indexes.
+fn removal_writes(job: &Job) -> Vec<Write> {
+    let mut w = vec![
+        Write::Del(QueueTree::Jobs, job.seq.to_be_bytes().to_vec()),
+        Write::Del(QueueTree::ByUser, user_key(&job.spec.user_id, job.seq)),
+    ];
+    if let Some(ikey) = &job.spec.idempotency_key {
+        w.push(Write::Del(
+            QueueTree::Idempotency,
+            idem_key(&job.spec.user_id, ikey),
+        ));
+    }
+    w
+}
+
+/// Open sled's database, waiting a little for a lock that an earlier handle in this process is
+/// still letting go of: sled closes its file on a background thread after the last handle
+/// drops, so a reopen at once can find it still locked. A lock held longer is another
+/// process's, and its error says so.
+fn open_db(path: &Path) -> Result<sled::Db> {
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Io(format!(
+                    "{}: locked by another process for more than {}s ({e})",
+                    path.display(),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("{}: {e}", dir.display())))?;
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let db = open_db(&dir.join("db"))?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             Some(v) => {
@@ -183,9 +300,43 @@ impl Store {
             inline_flush: false,
             db,
         };
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(inner),
-        })
+        };
+        let repaired = store.repair()?;
+        if repaired > 0 {
+            tracing::warn!(
+                repaired,
+                "the store was left mid-change by a crash; finished or undid those changes"
+            );
+        }
+        Ok(store)
+    }
+
+    fn tree(&self, t: QueueTree) -> &sled::Tree {
+        let i = &self.inner;
+        match t {
+            QueueTree::Jobs => &i.jobs,
+            QueueTree::Ready => &i.ready,
+            QueueTree::Leases => &i.leases,
+            QueueTree::ByUser => &i.by_user,
+            QueueTree::Idempotency => &i.idempotency,
+        }
+    }
+
+    /// Carry out a change's writes in order.
+    fn apply(&self, writes: &[Write]) -> Result<()> {
+        for w in writes {
+            match w {
+                Write::Put(t, k, v) => {
+                    self.tree(*t).insert(k.as_slice(), v.as_slice())?;
+                }
+                Write::Del(t, k) => {
+                    self.tree(*t).remove(k.as_slice())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How many handles to this store exist (the database closes when the last one drops).
@@ -239,35 +390,17 @@ impl Store {
     /// Insert a new pending job (and its idempotency key), or return the job that already holds
     /// the key.
     pub fn insert_job(&self, job: &Job) -> Result<Option<Job>> {
-        let i = &self.inner;
-        let key = job.seq.to_be_bytes();
-        let bytes = encode(job);
-        let ukey = user_key(&job.spec.user_id, job.seq);
-        let ikey = job
-            .spec
-            .idempotency_key
-            .as_ref()
-            .map(|k| idem_key(&job.spec.user_id, k));
-        let existing = (&i.jobs, &i.ready, &i.by_user, &i.idempotency).transaction(
-            |(jobs, ready, by_user, idem)| {
-                if let Some(ikey) = &ikey {
-                    if let Some(prev) = idem.get(ikey)? {
-                        return Ok(Some(prev.to_vec()));
-                    }
-                    idem.insert(ikey.as_slice(), &key)?;
-                }
-                jobs.insert(&key, bytes.as_slice())?;
-                if job.status == JobStatus::Pending {
-                    ready.insert(&job.ready_key(), &key)?;
-                }
-                by_user.insert(ukey.as_slice(), &[])?;
-                Ok(None)
-            },
-        )?;
-        match existing {
-            Some(prev) => Ok(self.get_job_by_seq(seq_from(&prev)?)?),
-            None => Ok(None),
+        if let Some(key) = &job.spec.idempotency_key
+            && let Some(prev) = self
+                .inner
+                .idempotency
+                .get(idem_key(&job.spec.user_id, key))?
+            && let Some(first) = self.get_job_by_seq(seq_from(&prev)?)?
+        {
+            return Ok(Some(first));
         }
+        self.apply(&insert_writes(job))?;
+        Ok(None)
     }
 
     pub fn get_job(&self, id: &str) -> Result<Option<Job>> {
@@ -291,76 +424,67 @@ impl Store {
         Ok(())
     }
 
-    /// The job at the head of the ready queue whose run time has come, if any.
-    pub fn peek_ready(&self, now_ms: u64) -> Result<Option<u64>> {
+    /// The entry at the head of the ready queue whose run time has come, if any.
+    pub fn peek_ready(&self, now_ms: u64) -> Result<Option<ReadyEntry>> {
         for item in self.inner.ready.iter() {
             let (k, v) = item?;
-            let run_at = u64::from_be_bytes(k[1..9].try_into().expect("ready keys are 17 bytes"));
+            let key: [u8; 17] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                key: format!("ready/{}", hex::encode(&k)),
+                why: "a ready key is 17 bytes".into(),
+            })?;
+            let run_at = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
             if run_at <= now_ms {
-                return Ok(Some(seq_from(&v)?));
+                return Ok(Some(ReadyEntry {
+                    key,
+                    seq: seq_from(&v)?,
+                }));
             }
             // A later-scheduled job of a higher priority must not hide due jobs of lower ones.
         }
         Ok(None)
     }
 
-    /// Move a pending job into `leases` and mark it running, in one transaction. Returns `None`
-    /// if it is no longer ready (cancelled, or claimed meanwhile).
-    pub fn claim(&self, seq: u64, lease: &Lease, update: impl Fn(&mut Job)) -> Result<Option<Job>> {
-        let i = &self.inner;
-        let key = seq.to_be_bytes();
-        let lease_bytes = encode(lease);
-        let claimed = (&i.jobs, &i.ready, &i.leases).transaction(|(jobs, ready, leases)| {
-            let Some(bytes) = jobs.get(key)? else {
-                return Ok(None);
-            };
-            let mut job = match decode_job(&key, &bytes) {
-                Ok(j) => j,
-                Err(e) => return abort(e),
-            };
-            if job.status != JobStatus::Pending || ready.remove(&job.ready_key())?.is_none() {
-                return Ok(None);
-            }
-            update(&mut job);
-            jobs.insert(&key, encode(&job))?;
-            leases.insert(&key, lease_bytes.as_slice())?;
-            Ok(Some(job))
-        })?;
-        Ok(claimed)
+    /// Move a pending job from `ready` into `leases` and store it as `update` leaves it
+    /// (running). Returns `None`, dropping the entry, if the entry no longer stands for a pending
+    /// job.
+    pub fn claim(
+        &self,
+        entry: ReadyEntry,
+        lease: &Lease,
+        update: impl Fn(&mut Job),
+    ) -> Result<Option<Job>> {
+        let key = entry.seq.to_be_bytes();
+        let job = match self.inner.jobs.get(key)? {
+            Some(bytes) => Some(decode_job(&key, &bytes)?),
+            None => None,
+        };
+        let Some(mut job) = job.filter(|j| j.status == JobStatus::Pending) else {
+            self.inner.ready.remove(entry.key)?;
+            return Ok(None);
+        };
+        if job.ready_key() != entry.key {
+            self.inner.ready.remove(entry.key)?;
+            return Ok(None);
+        }
+        update(&mut job);
+        self.apply(&claim_writes(entry.key, lease, &job))?;
+        Ok(Some(job))
     }
 
     /// Record a job's end (or its return to the queue when it is pending again), releasing its
-    /// lease, in one transaction.
+    /// lease.
     pub fn release(&self, job: &Job) -> Result<()> {
-        let i = &self.inner;
-        let key = job.seq.to_be_bytes();
-        let bytes = encode(job);
-        let ready_key = job.ready_key();
-        (&i.jobs, &i.ready, &i.leases).transaction(|(jobs, ready, leases)| {
-            leases.remove(&key)?;
-            if job.status == JobStatus::Pending {
-                ready.insert(&ready_key, &key)?;
-            }
-            jobs.insert(&key, bytes.as_slice())?;
-            Ok(())
-        })?;
-        Ok(())
+        self.apply(&release_writes(job))
     }
 
     /// Take a pending job out of the ready queue and store it as given (cancelled). Returns false
     /// if it was not pending.
     pub fn unqueue(&self, job: &Job, pending_key: [u8; 17]) -> Result<bool> {
-        let i = &self.inner;
-        let key = job.seq.to_be_bytes();
-        let bytes = encode(job);
-        let done = (&i.jobs, &i.ready).transaction(|(jobs, ready)| {
-            if ready.remove(&pending_key)?.is_none() {
-                return Ok(false);
-            }
-            jobs.insert(&key, bytes.as_slice())?;
-            Ok(true)
-        })?;
-        Ok(done)
+        if !self.inner.ready.contains_key(pending_key)? {
+            return Ok(false);
+        }
+        self.apply(&unqueue_writes(job, pending_key))?;
+        Ok(true)
     }
 
     /// Every job holding a lease: after a restart, these were interrupted.
@@ -472,9 +596,8 @@ impl Store {
     /// Remove up to `max` ended jobs that finished before `cutoff_ms`, with their index
     /// entries. Returns how many were removed.
     pub fn remove_ended_before(&self, cutoff_ms: u64, max: usize) -> Result<usize> {
-        let i = &self.inner;
         let mut removed = 0;
-        for item in i.jobs.iter() {
+        for item in self.inner.jobs.iter() {
             if removed == max {
                 break;
             }
@@ -484,20 +607,7 @@ impl Store {
             if !old {
                 continue;
             }
-            let ukey = user_key(&job.spec.user_id, job.seq);
-            let ikey = job
-                .spec
-                .idempotency_key
-                .as_ref()
-                .map(|key| idem_key(&job.spec.user_id, key));
-            (&i.jobs, &i.by_user, &i.idempotency).transaction(|(jobs, by_user, idem)| {
-                jobs.remove(&k)?;
-                by_user.remove(ukey.as_slice())?;
-                if let Some(ikey) = &ikey {
-                    idem.remove(ikey.as_slice())?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })?;
+            self.apply(&removal_writes(&job))?;
             removed += 1;
         }
         Ok(removed)

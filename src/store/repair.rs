@@ -1,0 +1,407 @@
+//! Putting the queue trees back in line with the job records after a crash.
+//!
+//! Every change is an ordered list of single-key writes (see `insert_writes`, `claim`,
+//! `release_writes`, `unqueue`, `removal_writes`), and a crash can leave any prefix of one list
+//! on disk. The job record is the truth; the other trees are brought to agree with it:
+//! - a pending job without a lease is in `ready` under its own key, and nothing else is;
+//! - a running job holds a lease (a missing one is written, so the queue reclaims the job at
+//!   start like any other interrupted run), an ended job holds none;
+//! - `by_user` and `idempotency` name every job that has a user and a key, and nothing that is
+//!   gone.
+//!
+//! Each rule is idempotent, so a crash during the repair is repaired at the next open.
+
+use std::collections::HashSet;
+
+use super::{Lease, Result, Store, StoreError, decode_job, encode, idem_key, seq_from, user_key};
+use crate::job::JobStatus;
+
+impl Store {
+    /// Bring `ready`, `leases`, `by_user` and `idempotency` in line with `jobs`; returns how many
+    /// entries it wrote or removed. O(jobs); runs at every open.
+    pub(super) fn repair(&self) -> Result<usize> {
+        let i = &self.inner;
+        let mut fixed = 0;
+        let mut leased = HashSet::new();
+        for item in i.leases.iter() {
+            let (k, _) = item?;
+            leased.insert(seq_from(&k)?);
+        }
+        let mut seqs = HashSet::new();
+        let mut wanted_ready = HashSet::new();
+        for item in i.jobs.iter() {
+            let (k, v) = item?;
+            let job = decode_job(&k, &v)?;
+            seqs.insert(job.seq);
+            let ukey = user_key(&job.spec.user_id, job.seq);
+            if !i.by_user.contains_key(&ukey)? {
+                i.by_user.insert(ukey, &[])?;
+                fixed += 1;
+            }
+            if let Some(key) = &job.spec.idempotency_key {
+                let ikey = idem_key(&job.spec.user_id, key);
+                let holder = match i.idempotency.get(&ikey)? {
+                    Some(v) => Some(seq_from(&v)?),
+                    None => None,
+                };
+                let held_elsewhere = holder.is_some_and(|s| {
+                    s != job.seq && i.jobs.contains_key(s.to_be_bytes()).is_ok_and(|b| b)
+                });
+                if holder != Some(job.seq) && !held_elsewhere {
+                    i.idempotency.insert(ikey, &k)?;
+                    fixed += 1;
+                }
+            }
+            let has_lease = leased.contains(&job.seq);
+            match job.status {
+                JobStatus::Pending if !has_lease => {
+                    let rk = job.ready_key();
+                    wanted_ready.insert(rk);
+                    if !i.ready.contains_key(rk)? {
+                        i.ready.insert(rk, &k)?;
+                        fixed += 1;
+                    }
+                }
+                JobStatus::Running if !has_lease => {
+                    let lease = Lease {
+                        worker: String::new(),
+                        claimed_at_ms: job.updated_at_ms,
+                        attempt: 0,
+                    };
+                    i.leases.insert(&k, encode(&lease))?;
+                    leased.insert(job.seq);
+                    fixed += 1;
+                }
+                s if s.is_terminal() && has_lease => {
+                    i.leases.remove(&k)?;
+                    leased.remove(&job.seq);
+                    fixed += 1;
+                }
+                _ => {}
+            }
+        }
+        for item in i.ready.iter() {
+            let (k, _) = item?;
+            let key: [u8; 17] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                key: format!("ready/{}", hex::encode(&k)),
+                why: "a ready key is 17 bytes".into(),
+            })?;
+            if !wanted_ready.contains(&key) {
+                i.ready.remove(k)?;
+                fixed += 1;
+            }
+        }
+        for item in i.leases.iter() {
+            let (k, _) = item?;
+            if !seqs.contains(&seq_from(&k)?) {
+                i.leases.remove(k)?;
+                fixed += 1;
+            }
+        }
+        for tree in [&i.by_user, &i.idempotency] {
+            for item in tree.iter() {
+                let (k, v) = item?;
+                let seq = if v.is_empty() {
+                    seq_from(&k[k.len().saturating_sub(8)..])?
+                } else {
+                    seq_from(&v)?
+                };
+                if !seqs.contains(&seq) {
+                    tree.remove(k)?;
+                    fixed += 1;
+                }
+            }
+        }
+        if fixed > 0 {
+            i.db.flush()?;
+        }
+        Ok(fixed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::super::{
+        QueueTree, Write, claim_writes, insert_writes, release_writes, removal_writes,
+        unqueue_writes,
+    };
+    use super::*;
+    use crate::job::spec::{SpecDefaults, parse};
+    use crate::job::{Attempt, Job};
+
+    fn job(seq: u64, user: &str, key: Option<&str>) -> Job {
+        let key = key.map_or(String::new(), |k| format!(r#","idempotency_key":"{k}""#));
+        let body = format!(r#"{{"user_id":"{user}"{key},"steps":[{{"run":{{"cmd":"true"}}}}]}}"#);
+        let spec = parse(body.as_bytes(), &SpecDefaults::default()).expect("a valid spec");
+        Job::new(seq, spec, 1_000 + seq)
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            worker: "w".into(),
+            claimed_at_ms: 5_000,
+            attempt: 0,
+        }
+    }
+
+    fn running(mut j: Job) -> Job {
+        j.status = JobStatus::Running;
+        j.attempts.push(Attempt {
+            number: j.attempts.len() as u32 + 1,
+            started_at_ms: 5_000,
+            ended_at_ms: None,
+            outcome: None,
+            error_category: None,
+            error: None,
+        });
+        j
+    }
+
+    fn ended(mut j: Job, status: JobStatus) -> Job {
+        j.status = status;
+        j.finished_at_ms = Some(6_000);
+        j
+    }
+
+    /// The invariant, computed from the job records alone and compared with every tree.
+    fn violations(store: &Store) -> Vec<String> {
+        let i = &store.inner;
+        let jobs: Vec<Job> = store.all_jobs().unwrap();
+        let keys = |t: &sled::Tree| -> BTreeMap<Vec<u8>, Vec<u8>> {
+            t.iter()
+                .map(|kv| {
+                    let (k, v) = kv.unwrap();
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect()
+        };
+        let leases: BTreeSet<u64> = keys(&i.leases)
+            .keys()
+            .map(|k| seq_from(k).unwrap())
+            .collect();
+        let mut out = Vec::new();
+        let want_ready: BTreeMap<Vec<u8>, Vec<u8>> = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Pending && !leases.contains(&j.seq))
+            .map(|j| (j.ready_key().to_vec(), j.seq.to_be_bytes().to_vec()))
+            .collect();
+        if keys(&i.ready) != want_ready {
+            out.push(format!("ready {:?} != {:?}", keys(&i.ready), want_ready));
+        }
+        for j in &jobs {
+            let has = leases.contains(&j.seq);
+            if j.status == JobStatus::Running && !has {
+                out.push(format!("running {} holds no lease", j.seq));
+            }
+            if j.status.is_terminal() && has {
+                out.push(format!("ended {} holds a lease", j.seq));
+            }
+        }
+        let seqs: BTreeSet<u64> = jobs.iter().map(|j| j.seq).collect();
+        if !leases.is_subset(&seqs) {
+            out.push(format!("leases {leases:?} name jobs not in {seqs:?}"));
+        }
+        let want_users: BTreeSet<Vec<u8>> = jobs
+            .iter()
+            .map(|j| user_key(&j.spec.user_id, j.seq))
+            .collect();
+        let users: BTreeSet<Vec<u8>> = keys(&i.by_user).into_keys().collect();
+        if users != want_users {
+            out.push(format!("by_user {users:?} != {want_users:?}"));
+        }
+        let want_idem: BTreeMap<Vec<u8>, Vec<u8>> = jobs
+            .iter()
+            .filter_map(|j| {
+                let k = j.spec.idempotency_key.as_ref()?;
+                Some((idem_key(&j.spec.user_id, k), j.seq.to_be_bytes().to_vec()))
+            })
+            .collect();
+        if keys(&i.idempotency) != want_idem {
+            out.push(format!(
+                "idempotency {:?} != {want_idem:?}",
+                keys(&i.idempotency)
+            ));
+        }
+        out
+    }
+
+    /// A store with a pending job (1, keyed), a running one (2), a completed one (3, keyed)
+    /// and a scheduled one (4).
+    fn seeded(dir: &std::path::Path) -> Store {
+        let store = Store::open(dir).unwrap();
+        let mut scheduled = job(4, "u2", None);
+        scheduled.run_at_ms = 99_000;
+        for j in [
+            job(1, "u1", Some("k1")),
+            job(2, "u1", None),
+            job(3, "u2", Some("k3")),
+            scheduled,
+        ] {
+            store.apply(&insert_writes(&j)).unwrap();
+        }
+        let two = job(2, "u1", None);
+        store
+            .apply(&claim_writes(
+                two.ready_key(),
+                &lease(),
+                &running(two.clone()),
+            ))
+            .unwrap();
+        let three = job(3, "u2", Some("k3"));
+        store
+            .apply(&claim_writes(
+                three.ready_key(),
+                &lease(),
+                &running(three.clone()),
+            ))
+            .unwrap();
+        store
+            .apply(&release_writes(&ended(
+                running(three),
+                JobStatus::Completed,
+            )))
+            .unwrap();
+        assert_eq!(violations(&store), Vec::<String>::new(), "seed");
+        store
+    }
+
+    /// Every change the queue makes, as its list of writes, with the status its job must have
+    /// once the whole list is written.
+    fn changes() -> Vec<(&'static str, Vec<Write>, u64, Option<JobStatus>)> {
+        let one = job(1, "u1", Some("k1"));
+        let two = running(job(2, "u1", None));
+        let three = ended(running(job(3, "u2", Some("k3"))), JobStatus::Completed);
+        let mut retry = two.clone();
+        retry.status = JobStatus::Pending;
+        retry.run_at_ms = 7_000;
+        let mut cancelled = one.clone();
+        cancelled.status = JobStatus::Cancelled;
+        vec![
+            (
+                "insert keyed",
+                insert_writes(&job(5, "u3", Some("k5"))),
+                5,
+                Some(JobStatus::Pending),
+            ),
+            (
+                "claim",
+                claim_writes(one.ready_key(), &lease(), &running(one.clone())),
+                1,
+                Some(JobStatus::Running),
+            ),
+            (
+                "complete",
+                release_writes(&ended(two.clone(), JobStatus::Completed)),
+                2,
+                Some(JobStatus::Completed),
+            ),
+            (
+                "requeue",
+                release_writes(&retry),
+                2,
+                Some(JobStatus::Pending),
+            ),
+            (
+                "cancel",
+                unqueue_writes(&cancelled, one.ready_key()),
+                1,
+                Some(JobStatus::Cancelled),
+            ),
+            ("remove ended", removal_writes(&three), 3, None),
+        ]
+    }
+
+    #[test]
+    fn every_prefix_of_every_change_repairs_to_a_consistent_store() {
+        for (name, writes, seq, after) in changes() {
+            for cut in 0..=writes.len() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = seeded(dir.path());
+                let before = store.get_job_by_seq(seq).unwrap().map(|j| j.status);
+                store.apply(&writes[..cut]).unwrap();
+                drop(store);
+                let store = Store::open(dir.path()).unwrap();
+                assert_eq!(
+                    violations(&store),
+                    Vec::<String>::new(),
+                    "{name}, cut after {cut} of {} writes",
+                    writes.len()
+                );
+                let now = store.get_job_by_seq(seq).unwrap().map(|j| j.status);
+                assert!(
+                    now == before || now == after,
+                    "{name}, cut after {cut}: job {seq} is {now:?}, neither {before:?} nor {after:?}"
+                );
+                if cut == writes.len() {
+                    assert_eq!(now, after, "{name} written whole");
+                }
+                // Nothing else changed: the other jobs keep their status.
+                for other in (1..=4).filter(|s| *s != seq) {
+                    assert_eq!(
+                        store.get_job_by_seq(other).unwrap().map(|j| j.status),
+                        seeded_status(other),
+                        "{name}, cut after {cut}: job {other}"
+                    );
+                }
+                assert_eq!(store.repair().unwrap(), 0, "a second repair finds nothing");
+            }
+        }
+    }
+
+    fn seeded_status(seq: u64) -> Option<JobStatus> {
+        Some(match seq {
+            2 => JobStatus::Running,
+            3 => JobStatus::Completed,
+            _ => JobStatus::Pending,
+        })
+    }
+
+    #[test]
+    fn a_running_job_cut_off_from_its_lease_is_reclaimed_and_an_ended_one_loses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        // A running record whose lease never landed (writes out of order), and a lease left on
+        // an ended job.
+        store.inner.leases.remove(2u64.to_be_bytes()).unwrap();
+        store
+            .apply(&[Write::Put(
+                QueueTree::Leases,
+                3u64.to_be_bytes().to_vec(),
+                encode(&lease()),
+            )])
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(violations(&store), Vec::<String>::new());
+        let leased: Vec<u64> = store
+            .leased()
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(leased, vec![2], "the queue reclaims job 2 at start");
+    }
+
+    #[test]
+    fn a_key_left_by_a_submit_cut_short_does_not_block_the_next_submit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        let first = job(7, "u1", Some("again"));
+        store.apply(&insert_writes(&first)[..1]).unwrap();
+        // Before any repair the dangling key is ignored.
+        let second = job(8, "u1", Some("again"));
+        assert_eq!(store.insert_job(&second).unwrap(), None);
+        assert_eq!(
+            store
+                .insert_job(&job(9, "u1", Some("again")))
+                .unwrap()
+                .map(|j| j.seq),
+            Some(8)
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(violations(&store), Vec::<String>::new());
+    }
+}
