@@ -2,13 +2,13 @@
 //! sled. Nothing outside it sees a sled type.
 //!
 //! Trees: `jobs` (seq -> job JSON), `ready` (priority, run-at, seq -> seq; big-endian so byte
-//! order is queue order), `leases` (seq -> lease JSON, the jobs claimed by a worker),
-//! `by_user` (user, 0x00, seq -> ()), `idempotency` (user, 0x00, key -> seq), `kv`
-//! (small named records for the breaker and the limiter), `meta` (schema version).
+//! order is queue order), `by_user` (user, 0x00, seq -> ()), `idempotency` (user, 0x00, key
+//! -> seq), `notifications`, `sandboxes`, `kv` (small named records for the breaker and the
+//! limiter), `meta` (schema version). A job claimed by a worker is one stored as `running`; after
+//! a restart those are the interrupted ones.
 //!
-//! **Invariant:** a job seq is in at most one of `ready` and `leases`; a pending job that holds
-//! no lease is in `ready` under its own key, and a running job holds a lease. Every change is an
-//! ordered list of single-key writes (`Write`), never a sled transaction: a transaction takes
+//! **Invariant:** `ready` holds exactly the pending jobs, each under its own key (priority,
+//! run-at, seq). Every change is an ordered list of single-key writes (`Write`), never a sled transaction: a transaction takes
 //! sled's global write lock, which waits for any fsync in progress, so every submit would queue
 //! behind the last one's flush. A crash can cut a list short; `repair`, run at every open, puts
 //! the trees back in line with the job records (see `repair.rs`). The queue actor is the one
@@ -76,14 +76,6 @@ pub struct Census {
     pub finished_since: usize,
 }
 
-/// A job claimed by a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub worker: String,
-    pub claimed_at_ms: u64,
-    pub attempt: u32,
-}
-
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -93,7 +85,6 @@ struct Inner {
     db: sled::Db,
     jobs: sled::Tree,
     ready: sled::Tree,
-    leases: sled::Tree,
     by_user: sled::Tree,
     idempotency: sled::Tree,
     notifications: sled::Tree,
@@ -145,7 +136,6 @@ fn idem_key(user: &str, key: &str) -> Vec<u8> {
 enum QueueTree {
     Jobs,
     Ready,
-    Leases,
     ByUser,
     Idempotency,
 }
@@ -189,13 +179,11 @@ fn insert_writes(job: &Job) -> Vec<Write> {
     w
 }
 
-/// A claimed job leaves `ready`, takes its lease, then is stored running.
-fn claim_writes(ready_key: [u8; 17], lease: &Lease, job: &Job) -> Vec<Write> {
-    let key = job.seq.to_be_bytes().to_vec();
+/// A claimed job leaves `ready`, then is stored running.
+fn claim_writes(ready_key: [u8; 17], job: &Job) -> Vec<Write> {
     vec![
         Write::Del(QueueTree::Ready, ready_key.to_vec()),
-        Write::Put(QueueTree::Leases, key.clone(), encode(lease)),
-        Write::Put(QueueTree::Jobs, key, encode(job)),
+        Write::Put(QueueTree::Jobs, job.seq.to_be_bytes().to_vec(), encode(job)),
     ]
 }
 
@@ -207,18 +195,13 @@ fn unqueue_writes(job: &Job, pending_key: [u8; 17]) -> Vec<Write> {
     ]
 }
 
-/// A job's new state, then its ready entry if it is pending again, then its lease goes.
+/// A job's new state, then its ready entry if it is pending again.
 fn release_writes(job: &Job) -> Vec<Write> {
     let key = job.seq.to_be_bytes().to_vec();
     let mut w = vec![Write::Put(QueueTree::Jobs, key.clone(), encode(job))];
     if job.status == JobStatus::Pending {
-        w.push(Write::Put(
-            QueueTree::Ready,
-            job.ready_key().to_vec(),
-            key.clone(),
-        ));
+        w.push(Write::Put(QueueTree::Ready, job.ready_key().to_vec(), key));
     }
-    w.push(Write::Del(QueueTree::Leases, key));
     w
 }
 
@@ -287,10 +270,12 @@ impl Store {
                 db.flush()?;
             }
         }
+        // Stores written before claims were plain job states kept a `leases` tree in step with
+        // the running jobs; the job records say the same.
+        db.drop_tree("leases")?;
         let inner = Inner {
             jobs: db.open_tree("jobs")?,
             ready: db.open_tree("ready")?,
-            leases: db.open_tree("leases")?,
             by_user: db.open_tree("by_user")?,
             idempotency: db.open_tree("idempotency")?,
             notifications: db.open_tree("notifications")?,
@@ -318,7 +303,6 @@ impl Store {
         match t {
             QueueTree::Jobs => &i.jobs,
             QueueTree::Ready => &i.ready,
-            QueueTree::Leases => &i.leases,
             QueueTree::ByUser => &i.by_user,
             QueueTree::Idempotency => &i.idempotency,
         }
@@ -444,15 +428,9 @@ impl Store {
         Ok(None)
     }
 
-    /// Move a pending job from `ready` into `leases` and store it as `update` leaves it
-    /// (running). Returns `None`, dropping the entry, if the entry no longer stands for a pending
+    /// Take a pending job out of `ready` and store it as `update` leaves it (running). Returns `None`, dropping the entry, if the entry no longer stands for a pending
     /// job.
-    pub fn claim(
-        &self,
-        entry: ReadyEntry,
-        lease: &Lease,
-        update: impl Fn(&mut Job),
-    ) -> Result<Option<Job>> {
+    pub fn claim(&self, entry: ReadyEntry, update: impl Fn(&mut Job)) -> Result<Option<Job>> {
         let key = entry.seq.to_be_bytes();
         let job = match self.inner.jobs.get(key)? {
             Some(bytes) => Some(decode_job(&key, &bytes)?),
@@ -467,12 +445,11 @@ impl Store {
             return Ok(None);
         }
         update(&mut job);
-        self.apply(&claim_writes(entry.key, lease, &job))?;
+        self.apply(&claim_writes(entry.key, &job))?;
         Ok(Some(job))
     }
 
-    /// Record a job's end (or its return to the queue when it is pending again), releasing its
-    /// lease.
+    /// Record a job's end, or its return to the queue when it is pending again.
     pub fn release(&self, job: &Job) -> Result<()> {
         self.apply(&release_writes(job))
     }
@@ -487,26 +464,20 @@ impl Store {
         Ok(true)
     }
 
-    /// Every job holding a lease: after a restart, these were interrupted.
-    pub fn leased(&self) -> Result<Vec<(u64, Lease)>> {
+    /// Every job stored as running: at start, these were interrupted. O(jobs).
+    pub fn running(&self) -> Result<Vec<u64>> {
         let mut out = Vec::new();
-        for item in self.inner.leases.iter() {
+        for item in self.inner.jobs.iter() {
             let (k, v) = item?;
-            let lease: Lease = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: format!("leases/{}", hex::encode(&k)),
-                why: e.to_string(),
-            })?;
-            out.push((seq_from(&k)?, lease));
+            if decode_job(&k, &v)?.status == JobStatus::Running {
+                out.push(seq_from(&k)?);
+            }
         }
         Ok(out)
     }
 
     pub fn ready_len(&self) -> usize {
         self.inner.ready.len()
-    }
-
-    pub fn leased_len(&self) -> usize {
-        self.inner.leases.len()
     }
 
     /// A user's jobs, newest first, starting below `before` (a seq cursor).

@@ -1,32 +1,26 @@
 //! Putting the queue trees back in line with the job records after a crash.
 //!
-//! Every change is an ordered list of single-key writes (see `insert_writes`, `claim`,
-//! `release_writes`, `unqueue`, `removal_writes`), and a crash can leave any prefix of one list
-//! on disk. The job record is the truth; the other trees are brought to agree with it:
-//! - a pending job without a lease is in `ready` under its own key, and nothing else is;
-//! - a running job holds a lease (a missing one is written, so the queue reclaims the job at
-//!   start like any other interrupted run), an ended job holds none;
+//! Every change is an ordered list of single-key writes (see `insert_writes`, `claim_writes`,
+//! `release_writes`, `unqueue_writes`, `removal_writes`), and a crash can leave any prefix of
+//! one list on disk. The job record is the truth; the other trees are brought to agree with it:
+//! - `ready` holds each pending job under its own key, and nothing else;
 //! - `by_user` and `idempotency` name every job that has a user and a key, and nothing that is
 //!   gone.
 //!
+//! A running job needs nothing here: the queue reclaims every running job at start.
 //! Each rule is idempotent, so a crash during the repair is repaired at the next open.
 
 use std::collections::HashSet;
 
-use super::{Lease, Result, Store, StoreError, decode_job, encode, idem_key, seq_from, user_key};
+use super::{Result, Store, StoreError, decode_job, idem_key, seq_from, user_key};
 use crate::job::JobStatus;
 
 impl Store {
-    /// Bring `ready`, `leases`, `by_user` and `idempotency` in line with `jobs`; returns how many
-    /// entries it wrote or removed. O(jobs); runs at every open.
+    /// Bring `ready`, `by_user` and `idempotency` in line with `jobs`; returns how many entries
+    /// it wrote or removed. O(jobs); runs at every open.
     pub(super) fn repair(&self) -> Result<usize> {
         let i = &self.inner;
         let mut fixed = 0;
-        let mut leased = HashSet::new();
-        for item in i.leases.iter() {
-            let (k, _) = item?;
-            leased.insert(seq_from(&k)?);
-        }
         let mut seqs = HashSet::new();
         let mut wanted_ready = HashSet::new();
         for item in i.jobs.iter() {
@@ -44,40 +38,22 @@ impl Store {
                     Some(v) => Some(seq_from(&v)?),
                     None => None,
                 };
-                let held_elsewhere = holder.is_some_and(|s| {
-                    s != job.seq && i.jobs.contains_key(s.to_be_bytes()).is_ok_and(|b| b)
-                });
+                let held_elsewhere = match holder {
+                    Some(s) if s != job.seq => i.jobs.contains_key(s.to_be_bytes())?,
+                    _ => false,
+                };
                 if holder != Some(job.seq) && !held_elsewhere {
                     i.idempotency.insert(ikey, &k)?;
                     fixed += 1;
                 }
             }
-            let has_lease = leased.contains(&job.seq);
-            match job.status {
-                JobStatus::Pending if !has_lease => {
-                    let rk = job.ready_key();
-                    wanted_ready.insert(rk);
-                    if !i.ready.contains_key(rk)? {
-                        i.ready.insert(rk, &k)?;
-                        fixed += 1;
-                    }
-                }
-                JobStatus::Running if !has_lease => {
-                    let lease = Lease {
-                        worker: String::new(),
-                        claimed_at_ms: job.updated_at_ms,
-                        attempt: 0,
-                    };
-                    i.leases.insert(&k, encode(&lease))?;
-                    leased.insert(job.seq);
+            if job.status == JobStatus::Pending {
+                let rk = job.ready_key();
+                wanted_ready.insert(rk);
+                if !i.ready.contains_key(rk)? {
+                    i.ready.insert(rk, &k)?;
                     fixed += 1;
                 }
-                s if s.is_terminal() && has_lease => {
-                    i.leases.remove(&k)?;
-                    leased.remove(&job.seq);
-                    fixed += 1;
-                }
-                _ => {}
             }
         }
         for item in i.ready.iter() {
@@ -88,13 +64,6 @@ impl Store {
             })?;
             if !wanted_ready.contains(&key) {
                 i.ready.remove(k)?;
-                fixed += 1;
-            }
-        }
-        for item in i.leases.iter() {
-            let (k, _) = item?;
-            if !seqs.contains(&seq_from(&k)?) {
-                i.leases.remove(k)?;
                 fixed += 1;
             }
         }
@@ -124,8 +93,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::super::{
-        QueueTree, Write, claim_writes, insert_writes, release_writes, removal_writes,
-        unqueue_writes,
+        Write, claim_writes, insert_writes, release_writes, removal_writes, unqueue_writes,
     };
     use super::*;
     use crate::job::spec::{SpecDefaults, parse};
@@ -136,14 +104,6 @@ mod tests {
         let body = format!(r#"{{"user_id":"{user}"{key},"steps":[{{"run":{{"cmd":"true"}}}}]}}"#);
         let spec = parse(body.as_bytes(), &SpecDefaults::default()).expect("a valid spec");
         Job::new(seq, spec, 1_000 + seq)
-    }
-
-    fn lease() -> Lease {
-        Lease {
-            worker: "w".into(),
-            claimed_at_ms: 5_000,
-            attempt: 0,
-        }
     }
 
     fn running(mut j: Job) -> Job {
@@ -177,31 +137,14 @@ mod tests {
                 })
                 .collect()
         };
-        let leases: BTreeSet<u64> = keys(&i.leases)
-            .keys()
-            .map(|k| seq_from(k).unwrap())
-            .collect();
         let mut out = Vec::new();
         let want_ready: BTreeMap<Vec<u8>, Vec<u8>> = jobs
             .iter()
-            .filter(|j| j.status == JobStatus::Pending && !leases.contains(&j.seq))
+            .filter(|j| j.status == JobStatus::Pending)
             .map(|j| (j.ready_key().to_vec(), j.seq.to_be_bytes().to_vec()))
             .collect();
         if keys(&i.ready) != want_ready {
             out.push(format!("ready {:?} != {:?}", keys(&i.ready), want_ready));
-        }
-        for j in &jobs {
-            let has = leases.contains(&j.seq);
-            if j.status == JobStatus::Running && !has {
-                out.push(format!("running {} holds no lease", j.seq));
-            }
-            if j.status.is_terminal() && has {
-                out.push(format!("ended {} holds a lease", j.seq));
-            }
-        }
-        let seqs: BTreeSet<u64> = jobs.iter().map(|j| j.seq).collect();
-        if !leases.is_subset(&seqs) {
-            out.push(format!("leases {leases:?} name jobs not in {seqs:?}"));
         }
         let want_users: BTreeSet<Vec<u8>> = jobs
             .iter()
@@ -243,19 +186,11 @@ mod tests {
         }
         let two = job(2, "u1", None);
         store
-            .apply(&claim_writes(
-                two.ready_key(),
-                &lease(),
-                &running(two.clone()),
-            ))
+            .apply(&claim_writes(two.ready_key(), &running(two.clone())))
             .unwrap();
         let three = job(3, "u2", Some("k3"));
         store
-            .apply(&claim_writes(
-                three.ready_key(),
-                &lease(),
-                &running(three.clone()),
-            ))
+            .apply(&claim_writes(three.ready_key(), &running(three.clone())))
             .unwrap();
         store
             .apply(&release_writes(&ended(
@@ -287,7 +222,7 @@ mod tests {
             ),
             (
                 "claim",
-                claim_writes(one.ready_key(), &lease(), &running(one.clone())),
+                claim_writes(one.ready_key(), &running(one.clone())),
                 1,
                 Some(JobStatus::Running),
             ),
@@ -359,29 +294,32 @@ mod tests {
     }
 
     #[test]
-    fn a_running_job_cut_off_from_its_lease_is_reclaimed_and_an_ended_one_loses_it() {
+    fn a_store_with_leases_from_before_opens_with_its_running_jobs_to_reclaim() {
         let dir = tempfile::tempdir().unwrap();
         let store = seeded(dir.path());
-        // A running record whose lease never landed (writes out of order), and a lease left on
-        // an ended job.
-        store.inner.leases.remove(2u64.to_be_bytes()).unwrap();
         store
-            .apply(&[Write::Put(
-                QueueTree::Leases,
-                3u64.to_be_bytes().to_vec(),
-                encode(&lease()),
-            )])
+            .inner
+            .db
+            .open_tree("leases")
+            .unwrap()
+            .insert(2u64.to_be_bytes(), b"{}")
             .unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(violations(&store), Vec::<String>::new());
-        let leased: Vec<u64> = store
-            .leased()
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(leased, vec![2], "the queue reclaims job 2 at start");
+        assert!(
+            !store
+                .inner
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"leases")
+        );
+        assert_eq!(
+            store.running().unwrap(),
+            vec![2],
+            "job 2 is reclaimed at start"
+        );
     }
 
     #[test]
