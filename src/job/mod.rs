@@ -308,12 +308,17 @@ impl Job {
     /// The ready-queue key: priority, then run time, then arrival. Big-endian so that sled's
     /// byte order is queue order.
     pub fn ready_key(&self) -> [u8; 17] {
-        let mut k = [0u8; 17];
-        k[0] = self.spec.priority.rank();
-        k[1..9].copy_from_slice(&self.run_at_ms.to_be_bytes());
-        k[9..17].copy_from_slice(&self.seq.to_be_bytes());
-        k
+        ready_key(self.spec.priority, self.run_at_ms, self.seq)
     }
+}
+
+/// `Job::ready_key` from its parts.
+pub fn ready_key(priority: Priority, run_at_ms: u64, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = priority.rank();
+    k[1..9].copy_from_slice(&run_at_ms.to_be_bytes());
+    k[9..17].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 #[cfg(test)]

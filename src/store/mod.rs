@@ -402,12 +402,6 @@ impl Store {
         }
     }
 
-    /// Overwrite a job record without touching the queue trees.
-    pub fn put_job(&self, job: &Job) -> Result<()> {
-        self.inner.jobs.insert(job.seq.to_be_bytes(), encode(job))?;
-        Ok(())
-    }
-
     /// The entry at the head of the ready queue whose run time has come, if any.
     pub fn peek_ready(&self, now_ms: u64) -> Result<Option<ReadyEntry>> {
         for item in self.inner.ready.iter() {
@@ -469,7 +463,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.jobs.iter() {
             let (k, v) = item?;
-            if decode_job(&k, &v)?.status == JobStatus::Running {
+            if repair::JobKeys::decode(&k, &v)?.status == JobStatus::Running {
                 out.push(seq_from(&k)?);
             }
         }

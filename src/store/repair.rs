@@ -12,8 +12,35 @@
 
 use std::collections::HashSet;
 
-use super::{Result, Store, StoreError, decode_job, idem_key, seq_from, user_key};
-use crate::job::JobStatus;
+use serde::Deserialize;
+
+use super::{Result, Store, StoreError, idem_key, seq_from, user_key};
+use crate::job::{JobStatus, Priority, ready_key};
+
+/// The fields of a job record its index entries are made from. Decoding only these skips the
+/// rest of the record (steps, attempts, results), which is most of the cost of a full scan.
+#[derive(Deserialize)]
+pub(super) struct JobKeys {
+    pub status: JobStatus,
+    run_at_ms: u64,
+    spec: SpecKeys,
+}
+
+#[derive(Deserialize)]
+struct SpecKeys {
+    user_id: String,
+    priority: Priority,
+    idempotency_key: Option<String>,
+}
+
+impl JobKeys {
+    pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<JobKeys> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            key: format!("jobs/{}", hex::encode(key)),
+            why: e.to_string(),
+        })
+    }
+}
 
 impl Store {
     /// Bring `ready`, `by_user` and `idempotency` in line with `jobs`; returns how many entries
@@ -25,9 +52,10 @@ impl Store {
         let mut wanted_ready = HashSet::new();
         for item in i.jobs.iter() {
             let (k, v) = item?;
-            let job = decode_job(&k, &v)?;
-            seqs.insert(job.seq);
-            let ukey = user_key(&job.spec.user_id, job.seq);
+            let seq = seq_from(&k)?;
+            let job = JobKeys::decode(&k, &v)?;
+            seqs.insert(seq);
+            let ukey = user_key(&job.spec.user_id, seq);
             if !i.by_user.contains_key(&ukey)? {
                 i.by_user.insert(ukey, &[])?;
                 fixed += 1;
@@ -39,16 +67,16 @@ impl Store {
                     None => None,
                 };
                 let held_elsewhere = match holder {
-                    Some(s) if s != job.seq => i.jobs.contains_key(s.to_be_bytes())?,
+                    Some(s) if s != seq => i.jobs.contains_key(s.to_be_bytes())?,
                     _ => false,
                 };
-                if holder != Some(job.seq) && !held_elsewhere {
+                if holder != Some(seq) && !held_elsewhere {
                     i.idempotency.insert(ikey, &k)?;
                     fixed += 1;
                 }
             }
             if job.status == JobStatus::Pending {
-                let rk = job.ready_key();
+                let rk = ready_key(job.spec.priority, job.run_at_ms, seq);
                 wanted_ready.insert(rk);
                 if !i.ready.contains_key(rk)? {
                     i.ready.insert(rk, &k)?;
