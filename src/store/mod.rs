@@ -744,3 +744,28 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// One sled transaction or batch anywhere in the process switches sled to its
+    /// process-wide lock for good, and from then on every write waits for any fsync in
+    /// progress. The store is the only module that touches sled; none of it may use either.
+    #[test]
+    fn the_store_uses_neither_sled_transactions_nor_batches() {
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("repair.rs", include_str!("repair.rs")),
+            ("durability.rs", include_str!("durability.rs")),
+        ];
+        let banned = [
+            concat!(".trans", "action("),
+            concat!("apply", "_batch("),
+            concat!("sled::", "Batch"),
+        ];
+        for (file, text) in sources {
+            for b in banned {
+                assert!(!text.contains(b), "src/store/{file} uses `{b}`");
+            }
+        }
+    }
+}
