@@ -11,7 +11,7 @@
 //! └── HealthMonitorActor
 //! ```
 //! The children depend on each other's references, so a failure of any of them restarts all
-//! three (each rebuilds from the store in `pre_start`; in-flight jobs are re-leased). A worker
+//! three (each rebuilds from the store in `pre_start`; in-flight jobs run again). A worker
 //! restart storm in the pool is not retried: it escalates, the root stops, and the process
 //! exits non-zero. Readers (job lookups, lists, the breaker view) go to the store and to
 //! published state directly; every change of state goes through an actor.
@@ -94,6 +94,8 @@ struct RootSupervisor;
 
 const ROOT_RESTART_LIMIT: usize = 3;
 const ROOT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a tree restart waits for each old actor to stop.
+const CHILD_STOP_WAIT: Duration = Duration::from_secs(5);
 
 fn retry_policy(s: &Settings) -> RetryPolicy {
     let r = &s.retry;
@@ -333,8 +335,15 @@ impl Actor for RootSupervisor {
         state.restarts.push_back(now);
         tracing::error!(why, "an actor of the tree failed; restarting the tree");
         let _ = state.args.links.send(None);
+        // Wait for each to stop: a handler that is running finishes first, and its last store
+        // write must land before the new queue's recovery reads the trees.
         for child in state.children.drain(..) {
-            child.kill();
+            // An actor that is already dead answers at once with a closed channel.
+            if let Err(ractor::RactorErr::Timeout) =
+                child.kill_and_wait(Some(CHILD_STOP_WAIT)).await
+            {
+                tracing::warn!("an actor of the failed tree did not stop in time");
+            }
         }
         Self::start_children(&myself, state).await
     }
@@ -405,14 +414,13 @@ impl Runtime {
         settings: Settings,
         mut cfg: E2bConfig,
     ) -> Result<RuntimeHandle, RuntimeError> {
-        let store = Store::open(&settings.data_dir)?;
+        let store = open_store(&settings)?;
         cfg.instance = instance_id(&store)?;
-        drop(store);
         let provider = E2bProvider::new(cfg).map_err(|e| RuntimeError::Provider {
             provider: "e2b",
             why: e.to_string(),
         })?;
-        Self::start_with_provider(settings, Arc::new(provider)).await
+        Self::start_on(settings, store, Arc::new(provider)).await
     }
 
     /// Start with a given provider (tests, embedding with a custom backend).
@@ -420,11 +428,15 @@ impl Runtime {
         settings: Settings,
         provider: Arc<dyn Provider>,
     ) -> Result<RuntimeHandle, RuntimeError> {
-        let store = if settings.inline_flush {
-            Store::open_with_inline_flush(&settings.data_dir)?
-        } else {
-            Store::open(&settings.data_dir)?
-        };
+        let store = open_store(&settings)?;
+        Self::start_on(settings, store, provider).await
+    }
+
+    async fn start_on(
+        settings: Settings,
+        store: Store,
+        provider: Arc<dyn Provider>,
+    ) -> Result<RuntimeHandle, RuntimeError> {
         let instance = instance_id(&store)?;
         let f = &settings.faults;
         let faults = FaultControl::new(Faults {
@@ -549,6 +561,14 @@ pub fn local_cgroups(settings: &Settings) -> Result<Option<Cgroups>, RuntimeErro
             );
             Ok(None)
         }
+    }
+}
+
+fn open_store(settings: &Settings) -> Result<Store, StoreError> {
+    if settings.inline_flush {
+        Store::open_with_inline_flush(&settings.data_dir)
+    } else {
+        Store::open(&settings.data_dir)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `SandboxPool`: supervises N `SandboxWorker`s, replaces one that crashes, and tells the
-//! queue so that the crashed worker's job is re-leased.
+//! queue so that the crashed worker's job is requeued.
 //!
 //! Restart intensity is bounded: more than `restart_limit` restarts within `restart_window` is
 //! a restart storm, and the pool fails with that reason so that its own supervisor escalates

@@ -161,14 +161,23 @@ impl Actor for QueueActor {
             ramp_successes: 0,
             workers: args.workers,
         };
-        let interrupted = state.store.running()?;
-        if !interrupted.is_empty() {
+        let recovery = state.store.recover()?;
+        if recovery.fixed > 0 {
             tracing::warn!(
-                count = interrupted.len(),
+                entries = recovery.fixed,
+                "the store was left mid-change (a crash or a failed write); finished or undid it"
+            );
+        }
+        for why in &recovery.corrupt {
+            tracing::error!(record = %why, "a stored job cannot be read; it is left as it is");
+        }
+        if !recovery.running.is_empty() {
+            tracing::warn!(
+                count = recovery.running.len(),
                 "reclaiming jobs interrupted by a previous stop"
             );
         }
-        for seq in interrupted {
+        for seq in recovery.running {
             state.interrupted(seq, "the service stopped while it ran")?;
         }
         state.store.flush().await?;

@@ -10,9 +10,11 @@
 //! **Invariant:** `ready` holds exactly the pending jobs, each under its own key (priority,
 //! run-at, seq). Every change is an ordered list of single-key writes (`Write`), never a sled transaction: a transaction takes
 //! sled's global write lock, which waits for any fsync in progress, so every submit would queue
-//! behind the last one's flush. A crash can cut a list short; `repair`, run at every open, puts
-//! the trees back in line with the job records (see `repair.rs`). The queue actor is the one
-//! writer of these trees, so lists never interleave.
+//! behind the last one's flush. A crash (or a failed write) can cut a list short; `recover`,
+//! which the queue runs each time it starts and before it reads the trees, puts them back in
+//! line with the job records (see `repair.rs`). The queue actor is the one writer of these
+//! trees, and the root stops a failed tree's actors before it starts new ones, so lists do not
+//! interleave.
 //!
 //! Writes become durable only through `durable()`, which group-commits: concurrent callers
 //! share one fsync.
@@ -28,8 +30,11 @@ use serde::{Deserialize, Serialize};
 use crate::job::{Job, JobStatus};
 use crate::notify::Notification;
 pub use durability::Ticket;
+pub use repair::Recovery;
 
-const SCHEMA_VERSION: u64 = 1;
+/// 2: no `leases` tree (a claimed job is one stored as running). A build that knows only 1 would
+/// look for leases, find none, and never reclaim an interrupted job, so it must refuse the store.
+const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -146,6 +151,8 @@ enum QueueTree {
 enum Write {
     Put(QueueTree, Vec<u8>, Vec<u8>),
     Del(QueueTree, Vec<u8>),
+    /// Remove the key only while it holds this value (compare-and-swap, not a transaction).
+    DelIf(QueueTree, Vec<u8>, Vec<u8>),
 }
 
 /// A due entry of the ready queue, as `peek_ready` found it.
@@ -212,9 +219,10 @@ fn removal_writes(job: &Job) -> Vec<Write> {
         Write::Del(QueueTree::ByUser, user_key(&job.spec.user_id, job.seq)),
     ];
     if let Some(ikey) = &job.spec.idempotency_key {
-        w.push(Write::Del(
+        w.push(Write::DelIf(
             QueueTree::Idempotency,
             idem_key(&job.spec.user_id, ikey),
+            job.seq.to_be_bytes().to_vec(),
         ));
     }
     w
@@ -264,15 +272,19 @@ impl Store {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::Schema { found });
                 }
+                if found < 2 {
+                    // Version 1 kept a `leases` tree in step with the running jobs (its writes
+                    // were transactions); the job records say the same.
+                    db.drop_tree("leases")?;
+                    meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                    db.flush()?;
+                }
             }
             None => {
                 meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
                 db.flush()?;
             }
         }
-        // Stores written before claims were plain job states kept a `leases` tree in step with
-        // the running jobs; the job records say the same.
-        db.drop_tree("leases")?;
         let inner = Inner {
             jobs: db.open_tree("jobs")?,
             ready: db.open_tree("ready")?,
@@ -285,17 +297,9 @@ impl Store {
             inline_flush: false,
             db,
         };
-        let store = Store {
+        Ok(Store {
             inner: Arc::new(inner),
-        };
-        let repaired = store.repair()?;
-        if repaired > 0 {
-            tracing::warn!(
-                repaired,
-                "the store was left mid-change by a crash; finished or undid those changes"
-            );
-        }
-        Ok(store)
+        })
     }
 
     fn tree(&self, t: QueueTree) -> &sled::Tree {
@@ -317,6 +321,14 @@ impl Store {
                 }
                 Write::Del(t, k) => {
                     self.tree(*t).remove(k.as_slice())?;
+                }
+                Write::DelIf(t, k, v) => {
+                    // Holding another value means another job holds the key: leave it.
+                    let _ = self.tree(*t).compare_and_swap(
+                        k.as_slice(),
+                        Some(v.as_slice()),
+                        None::<&[u8]>,
+                    )?;
                 }
             }
         }
@@ -456,18 +468,6 @@ impl Store {
         }
         self.apply(&unqueue_writes(job, pending_key))?;
         Ok(true)
-    }
-
-    /// Every job stored as running: at start, these were interrupted. O(jobs).
-    pub fn running(&self) -> Result<Vec<u64>> {
-        let mut out = Vec::new();
-        for item in self.inner.jobs.iter() {
-            let (k, v) = item?;
-            if repair::JobKeys::decode(&k, &v)?.status == JobStatus::Running {
-                out.push(seq_from(&k)?);
-            }
-        }
-        Ok(out)
     }
 
     pub fn ready_len(&self) -> usize {
@@ -747,25 +747,33 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    /// One sled transaction or batch anywhere in the process switches sled to its
+    /// One sled transaction, batch or checksum anywhere in the process switches sled to its
     /// process-wide lock for good, and from then on every write waits for any fsync in
-    /// progress. The store is the only module that touches sled; none of it may use either.
+    /// progress. Nothing in the crate may use one.
     #[test]
-    fn the_store_uses_neither_sled_transactions_nor_batches() {
-        let sources = [
-            ("mod.rs", include_str!("mod.rs")),
-            ("repair.rs", include_str!("repair.rs")),
-            ("durability.rs", include_str!("durability.rs")),
-        ];
+    fn nothing_uses_sled_transactions_batches_or_checksums() {
         let banned = [
             concat!(".trans", "action("),
             concat!("apply", "_batch("),
             concat!("sled::", "Batch"),
+            concat!(".check", "sum("),
         ];
-        for (file, text) in sources {
-            for b in banned {
-                assert!(!text.contains(b), "src/store/{file} uses `{b}`");
+        let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut files = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files += 1;
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for b in banned {
+                        assert!(!text.contains(b), "{} uses `{b}`", path.display());
+                    }
+                }
             }
         }
+        assert!(files > 20, "read {files} source files");
     }
 }

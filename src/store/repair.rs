@@ -7,8 +7,9 @@
 //! - `by_user` and `idempotency` name every job that has a user and a key, and nothing that is
 //!   gone.
 //!
-//! A running job needs nothing here: the queue reclaims every running job at start.
-//! Each rule is idempotent, so a crash during the repair is repaired at the next open.
+//! A running job needs nothing here: the queue reclaims every running job `recover` reports.
+//! A record that cannot be read is left as it is, reported, and kept out of `ready`.
+//! Each rule is idempotent, so a crash during the repair is repaired at the next start.
 
 use std::collections::HashSet;
 
@@ -20,8 +21,8 @@ use crate::job::{JobStatus, Priority, ready_key};
 /// The fields of a job record its index entries are made from. Decoding only these skips the
 /// rest of the record (steps, attempts, results), which is most of the cost of a full scan.
 #[derive(Deserialize)]
-pub(super) struct JobKeys {
-    pub status: JobStatus,
+struct JobKeys {
+    status: JobStatus,
     run_at_ms: u64,
     spec: SpecKeys,
 }
@@ -33,32 +34,41 @@ struct SpecKeys {
     idempotency_key: Option<String>,
 }
 
-impl JobKeys {
-    pub(super) fn decode(key: &[u8], bytes: &[u8]) -> Result<JobKeys> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-            key: format!("jobs/{}", hex::encode(key)),
-            why: e.to_string(),
-        })
-    }
+/// What `Store::recover` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Index entries written or removed.
+    pub fixed: usize,
+    /// Jobs stored as running, in seq order: interrupted runs for the queue to reclaim.
+    pub running: Vec<u64>,
+    /// Job records that could not be read (key and why), left untouched and not queued.
+    pub corrupt: Vec<String>,
 }
 
 impl Store {
-    /// Bring `ready`, `by_user` and `idempotency` in line with `jobs`; returns how many entries
-    /// it wrote or removed. O(jobs); runs at every open.
-    pub(super) fn repair(&self) -> Result<usize> {
+    /// Bring `ready`, `by_user` and `idempotency` in line with `jobs`, and list the running
+    /// jobs. O(jobs). The queue calls it each time it starts, before it reads the trees; no
+    /// other writer may run meanwhile.
+    pub fn recover(&self) -> Result<Recovery> {
         let i = &self.inner;
-        let mut fixed = 0;
+        let mut out = Recovery::default();
         let mut seqs = HashSet::new();
         let mut wanted_ready = HashSet::new();
         for item in i.jobs.iter() {
             let (k, v) = item?;
             let seq = seq_from(&k)?;
-            let job = JobKeys::decode(&k, &v)?;
             seqs.insert(seq);
+            let job: JobKeys = match serde_json::from_slice(&v) {
+                Ok(j) => j,
+                Err(e) => {
+                    out.corrupt.push(format!("jobs/{}: {e}", hex::encode(&k)));
+                    continue;
+                }
+            };
             let ukey = user_key(&job.spec.user_id, seq);
             if !i.by_user.contains_key(&ukey)? {
                 i.by_user.insert(ukey, &[])?;
-                fixed += 1;
+                out.fixed += 1;
             }
             if let Some(key) = &job.spec.idempotency_key {
                 let ikey = idem_key(&job.spec.user_id, key);
@@ -72,16 +82,20 @@ impl Store {
                 };
                 if holder != Some(seq) && !held_elsewhere {
                     i.idempotency.insert(ikey, &k)?;
-                    fixed += 1;
+                    out.fixed += 1;
                 }
             }
-            if job.status == JobStatus::Pending {
-                let rk = ready_key(job.spec.priority, job.run_at_ms, seq);
-                wanted_ready.insert(rk);
-                if !i.ready.contains_key(rk)? {
-                    i.ready.insert(rk, &k)?;
-                    fixed += 1;
+            match job.status {
+                JobStatus::Pending => {
+                    let rk = ready_key(job.spec.priority, job.run_at_ms, seq);
+                    wanted_ready.insert(rk);
+                    if !i.ready.contains_key(rk)? {
+                        i.ready.insert(rk, &k)?;
+                        out.fixed += 1;
+                    }
                 }
+                JobStatus::Running => out.running.push(seq),
+                _ => {}
             }
         }
         for item in i.ready.iter() {
@@ -92,7 +106,7 @@ impl Store {
             })?;
             if !wanted_ready.contains(&key) {
                 i.ready.remove(k)?;
-                fixed += 1;
+                out.fixed += 1;
             }
         }
         for tree in [&i.by_user, &i.idempotency] {
@@ -105,14 +119,14 @@ impl Store {
                 };
                 if !seqs.contains(&seq) {
                     tree.remove(k)?;
-                    fixed += 1;
+                    out.fixed += 1;
                 }
             }
         }
-        if fixed > 0 {
+        if out.fixed > 0 {
             i.db.flush()?;
         }
-        Ok(fixed)
+        Ok(out)
     }
 }
 
@@ -121,7 +135,8 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::super::{
-        Write, claim_writes, insert_writes, release_writes, removal_writes, unqueue_writes,
+        SCHEMA_VERSION, Write, claim_writes, insert_writes, release_writes, removal_writes,
+        unqueue_writes,
     };
     use super::*;
     use crate::job::spec::{SpecDefaults, parse};
@@ -286,6 +301,7 @@ mod tests {
                 store.apply(&writes[..cut]).unwrap();
                 drop(store);
                 let store = Store::open(dir.path()).unwrap();
+                store.recover().unwrap();
                 assert_eq!(
                     violations(&store),
                     Vec::<String>::new(),
@@ -308,7 +324,11 @@ mod tests {
                         "{name}, cut after {cut}: job {other}"
                     );
                 }
-                assert_eq!(store.repair().unwrap(), 0, "a second repair finds nothing");
+                assert_eq!(
+                    store.recover().unwrap().fixed,
+                    0,
+                    "a second pass finds nothing"
+                );
             }
         }
     }
@@ -322,32 +342,80 @@ mod tests {
     }
 
     #[test]
-    fn a_store_with_leases_from_before_opens_with_its_running_jobs_to_reclaim() {
+    fn a_version_1_store_loses_its_leases_and_its_running_jobs_are_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        let db = &store.inner.db;
+        db.open_tree("leases")
+            .unwrap()
+            .insert(2u64.to_be_bytes(), b"{}")
+            .unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &1u64.to_be_bytes())
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let names = store.inner.db.tree_names();
+        assert!(!names.iter().any(|n| n.as_ref() == b"leases"), "{names:?}");
+        let recovery = store.recover().unwrap();
+        assert_eq!(violations(&store), Vec::<String>::new());
+        assert_eq!(recovery.running, vec![2], "job 2 is reclaimed at start");
+        // And a build that knows only version 1 is refused this store.
+        let version = store
+            .inner
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .get("schema_version")
+            .unwrap()
+            .unwrap();
+        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_is_reported_not_queued_and_does_not_stop_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let store = seeded(dir.path());
         store
             .inner
-            .db
-            .open_tree("leases")
-            .unwrap()
-            .insert(2u64.to_be_bytes(), b"{}")
+            .jobs
+            .insert(9u64.to_be_bytes(), b"{not json".as_slice())
             .unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(violations(&store), Vec::<String>::new());
+        store
+            .inner
+            .ready
+            .insert(job(9, "u1", None).ready_key(), &9u64.to_be_bytes())
+            .unwrap();
+        let recovery = store.recover().unwrap();
+        assert_eq!(recovery.corrupt.len(), 1, "{recovery:?}");
+        assert!(recovery.corrupt[0].starts_with("jobs/0000000000000009: "));
+        assert_eq!(recovery.running, vec![2]);
         assert!(
-            !store
-                .inner
-                .db
-                .tree_names()
-                .iter()
-                .any(|n| n.as_ref() == b"leases")
+            store
+                .peek_ready(u64::MAX)
+                .unwrap()
+                .is_some_and(|e| e.seq != 9)
         );
-        assert_eq!(
-            store.running().unwrap(),
-            vec![2],
-            "job 2 is reclaimed at start"
-        );
+        assert_eq!(store.ready_len(), 2, "jobs 1 and 4, not the unreadable 9");
+    }
+
+    #[test]
+    fn removing_an_ended_job_leaves_a_key_another_job_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded(dir.path());
+        // Job 3 ended with key k3; suppose the key now names job 6.
+        let six = job(6, "u2", Some("k3"));
+        store
+            .inner
+            .idempotency
+            .insert(idem_key("u2", "k3"), &6u64.to_be_bytes())
+            .unwrap();
+        store.apply(&insert_writes(&six)[1..]).unwrap();
+        let three = ended(running(job(3, "u2", Some("k3"))), JobStatus::Completed);
+        store.apply(&removal_writes(&three)).unwrap();
+        let holder = store.inner.idempotency.get(idem_key("u2", "k3")).unwrap();
+        assert_eq!(holder.as_deref(), Some(&6u64.to_be_bytes()[..]));
     }
 
     #[test]
@@ -368,6 +436,7 @@ mod tests {
         );
         drop(store);
         let store = Store::open(dir.path()).unwrap();
+        store.recover().unwrap();
         assert_eq!(violations(&store), Vec::<String>::new());
     }
 }
