@@ -75,10 +75,9 @@ impl Actor for SandboxWorker {
                 execute::run_job(&state.ctx, &mut job, &cancel).await;
                 *state.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 state.queue.cast(QueueMsg::Finished {
-                    worker: myself.get_id(),
+                    worker: myself,
                     job: Box::new(job),
                 })?;
-                state.queue.cast(QueueMsg::WorkerReady(myself))?;
             }
         }
         Ok(())

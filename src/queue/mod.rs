@@ -72,8 +72,10 @@ pub enum QueueMsg {
     Submit(Box<JobSpec>, RpcReplyPort<Result<Submitted, QueueError>>),
     Cancel(String, RpcReplyPort<Result<Job, QueueError>>),
     WorkerReady(ActorRef<WorkerMsg>),
+    /// A worker's run ended; the worker is ready for the next job (one message, not two, on
+    /// the queue's busiest path).
     Finished {
-        worker: ActorId,
+        worker: ActorRef<WorkerMsg>,
         job: Box<Job>,
     },
     /// A worker died or was replaced; the reason goes into its job's attempt.
@@ -226,13 +228,10 @@ impl Actor for QueueActor {
             QueueMsg::Cancel(id, reply) => {
                 let _ = reply.send(state.cancel(&id));
             }
-            QueueMsg::WorkerReady(worker) => {
-                if !state.idle.iter().any(|w| w.get_id() == worker.get_id()) {
-                    state.idle.push_back(worker);
-                }
-            }
+            QueueMsg::WorkerReady(worker) => state.ready(worker),
             QueueMsg::Finished { worker, job } => {
-                state.finished(worker, *job)?;
+                state.finished(worker.get_id(), *job)?;
+                state.ready(worker);
             }
             QueueMsg::WorkerLost(worker, why) => {
                 state.idle.retain(|w| w.get_id() != worker);
@@ -290,6 +289,12 @@ impl Actor for QueueActor {
 }
 
 impl QueueState {
+    fn ready(&mut self, worker: ActorRef<WorkerMsg>) {
+        if !self.idle.iter().any(|w| w.get_id() == worker.get_id()) {
+            self.idle.push_back(worker);
+        }
+    }
+
     fn breaker_closed(&self) -> bool {
         matches!(self.breaker.borrow().state, "closed" | "disabled")
     }
