@@ -8,13 +8,13 @@
 //! a restart those are the interrupted ones.
 //!
 //! **Invariant:** `ready` holds exactly the pending jobs, each under its own key (priority,
-//! run-at, seq). Every change is an ordered list of single-key writes (`Write`), never a sled transaction: a transaction takes
-//! sled's global write lock, which waits for any fsync in progress, so every submit would queue
-//! behind the last one's flush. A crash (or a failed write) can cut a list short; `recover`,
-//! which the queue runs each time it starts and before it reads the trees, puts them back in
-//! line with the job records (see `repair.rs`). The queue actor is the one writer of these
-//! trees, and the root stops a failed tree's actors before it starts new ones, so lists do not
-//! interleave.
+//! run-at, seq). Every change is an ordered list of single-key writes (`Write`), never a sled
+//! transaction: a transaction takes sled's global write lock, which waits for any fsync in
+//! progress, so every submit would queue behind the last one's flush. A crash (or a failed
+//! write) can cut a list short; `recover`, which the queue runs each time it starts and before
+//! it reads the trees, puts them back in line with the job records (see `repair.rs`). The queue
+//! actor is the one writer of these trees, and the root stops a failed tree's actors before it
+//! starts new ones, so lists do not interleave.
 //!
 //! Writes become durable only through `durable()`, which group-commits: concurrent callers
 //! share one fsync.
@@ -112,6 +112,14 @@ fn decode_job(key: &[u8], bytes: &[u8]) -> Result<Job> {
     Ok(job)
 }
 
+/// A `ready` key as stored: priority, run-at, seq.
+fn ready_key_from(key: &[u8]) -> Result<[u8; 17]> {
+    key.try_into().map_err(|_| StoreError::Corrupt {
+        key: format!("ready/{}", hex::encode(key)),
+        why: "a ready key is 17 bytes".into(),
+    })
+}
+
 fn seq_from(key: &[u8]) -> Result<u64> {
     let arr: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
         key: hex::encode(key),
@@ -146,7 +154,7 @@ enum QueueTree {
 }
 
 /// One single-key write of an ordered change. Each change lists its writes so that any prefix
-/// of the list, as a crash may leave it, is something `repair` can finish or undo.
+/// of the list, as a crash may leave it, is something `Store::recover` can finish or undo.
 #[derive(Debug, Clone)]
 enum Write {
     Put(QueueTree, Vec<u8>, Vec<u8>),
@@ -238,18 +246,15 @@ fn open_db(path: &Path) -> Result<sled::Db> {
     loop {
         match sled::Config::new().path(path).open() {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < LOCK_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                return Err(StoreError::Io(format!(
-                    "{}: locked by another process for more than {}s ({e})",
-                    path.display(),
-                    LOCK_WAIT.as_secs()
-                )));
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::Io(format!(
+                        "{}: locked by another process for more than {}s ({e})",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) => return Err(e.into()),
         }
@@ -418,10 +423,7 @@ impl Store {
     pub fn peek_ready(&self, now_ms: u64) -> Result<Option<ReadyEntry>> {
         for item in self.inner.ready.iter() {
             let (k, v) = item?;
-            let key: [u8; 17] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                key: format!("ready/{}", hex::encode(&k)),
-                why: "a ready key is 17 bytes".into(),
-            })?;
+            let key = ready_key_from(&k)?;
             let run_at = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
             if run_at <= now_ms {
                 return Ok(Some(ReadyEntry {
@@ -434,22 +436,19 @@ impl Store {
         Ok(None)
     }
 
-    /// Take a pending job out of `ready` and store it as `update` leaves it (running). Returns `None`, dropping the entry, if the entry no longer stands for a pending
-    /// job.
+    /// Take a pending job out of `ready` and store it as `update` leaves it (running). Returns
+    /// `None`, dropping the entry, if the entry no longer stands for a pending job.
     pub fn claim(&self, entry: ReadyEntry, update: impl Fn(&mut Job)) -> Result<Option<Job>> {
         let key = entry.seq.to_be_bytes();
         let job = match self.inner.jobs.get(key)? {
             Some(bytes) => Some(decode_job(&key, &bytes)?),
             None => None,
         };
-        let Some(mut job) = job.filter(|j| j.status == JobStatus::Pending) else {
+        let stands_for = |j: &Job| j.status == JobStatus::Pending && j.ready_key() == entry.key;
+        let Some(mut job) = job.filter(stands_for) else {
             self.inner.ready.remove(entry.key)?;
             return Ok(None);
         };
-        if job.ready_key() != entry.key {
-            self.inner.ready.remove(entry.key)?;
-            return Ok(None);
-        }
         update(&mut job);
         self.apply(&claim_writes(entry.key, &job))?;
         Ok(Some(job))

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::{Result, Store, StoreError, idem_key, seq_from, user_key};
+use super::{Result, Store, idem_key, ready_key_from, seq_from, user_key};
 use crate::job::{JobStatus, Priority, ready_key};
 
 /// The fields of a job record its index entries are made from. Decoding only these skips the
@@ -100,11 +100,7 @@ impl Store {
         }
         for item in i.ready.iter() {
             let (k, _) = item?;
-            let key: [u8; 17] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                key: format!("ready/{}", hex::encode(&k)),
-                why: "a ready key is 17 bytes".into(),
-            })?;
-            if !wanted_ready.contains(&key) {
+            if !wanted_ready.contains(&ready_key_from(&k)?) {
                 i.ready.remove(k)?;
                 out.fixed += 1;
             }
