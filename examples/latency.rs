@@ -15,6 +15,8 @@
 
 #[path = "../benches/support/noop_runtime.rs"]
 mod noop_runtime;
+#[path = "../benches/support/stats.rs"]
+mod stats;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,34 +24,18 @@ use std::time::{Duration, Instant};
 use sandwarden::job::JobStatus;
 use tokio::sync::broadcast::error::RecvError;
 
-fn arg(n: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(default)
-}
-
-fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
-    if sorted.is_empty() {
-        return T::default();
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 fn line_ms(label: &str, mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
-    let p99 = percentile(&v, 99.0);
+    let p99 = stats::percentile(&v, 99.0);
     println!(
         "{label:<26} p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  max {:>7.3} ms  (n={})",
-        ms(percentile(&v, 50.0)),
+        ms(stats::percentile(&v, 50.0)),
         ms(p99),
-        ms(percentile(&v, 99.9)),
+        ms(stats::percentile(&v, 99.9)),
         ms(v.last().copied().unwrap_or_default()),
         v.len()
     );
@@ -58,9 +44,9 @@ fn line_ms(label: &str, mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let rate = arg(1, 500);
-    let seconds = arg(2, 10);
-    let workers = arg(3, 4) as usize;
+    let rate = noop_runtime::arg(1, 500u64);
+    let seconds = noop_runtime::arg(2, 10u64);
+    let workers = noop_runtime::arg(3, 4usize);
     let jobs = (rate * seconds) as usize;
 
     let dir = tempfile::tempdir().expect("a temporary directory");

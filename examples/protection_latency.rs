@@ -12,6 +12,8 @@
 
 #[path = "../benches/support/protection.rs"]
 mod protection;
+#[path = "../benches/support/stats.rs"]
+mod stats;
 
 use std::time::{Duration, Instant};
 
@@ -22,11 +24,6 @@ const NAMES: [&str; 4] = [
     "sandwarden, op unlimited (limiter cast)",
     "sandwarden, op limited (decided inline)",
 ];
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -82,14 +79,14 @@ async fn main() {
     for (i, t) in times.iter_mut().enumerate() {
         t.sort_unstable();
         let mean = t.iter().sum::<Duration>() / t.len() as u32;
-        p99[i] = percentile(t, 99.0);
+        p99[i] = stats::percentile(t, 99.0);
         println!(
             "{:<42} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.1}",
             NAMES[i],
             us(mean),
-            us(percentile(t, 50.0)),
+            us(stats::percentile(t, 50.0)),
             us(p99[i]),
-            us(percentile(t, 99.9)),
+            us(stats::percentile(t, 99.9)),
             us(*t.last().expect("calls were timed")),
         );
     }

@@ -12,6 +12,8 @@
 
 #[path = "../benches/support/noop_runtime.rs"]
 mod noop_runtime;
+#[path = "../benches/support/stats.rs"]
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,26 +24,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 const SUBMITTERS: usize = 64;
 
-fn arg(n: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 #[tokio::main]
 async fn main() {
-    let jobs = arg(1, 20_000);
-    let workers = arg(2, 8);
+    let jobs = noop_runtime::arg(1, 20_000usize);
+    let workers = noop_runtime::arg(2, 8usize);
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (rt, spec) = noop_runtime::start(dir.path(), workers).await;
@@ -122,8 +108,8 @@ async fn main() {
     );
     println!(
         "sandwarden: submit-to-start p50 {} ms, p99 {} ms; completed {completed}/{}; all submits acknowledged after {:.2} s, all done after {elapsed:.2} s",
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
+        stats::percentile(&latencies, 50.0),
+        stats::percentile(&latencies, 99.0),
         ids.len(),
         submitted.as_secs_f64(),
     );

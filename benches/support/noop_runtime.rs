@@ -1,5 +1,5 @@
 //! The runtime the queue benchmarks share: the no-op provider, `workers` workers, the store in
-//! `dir`, and the one-step job they all submit.
+//! `dir`, and the one-step job they all submit; and how they read their arguments.
 
 use std::sync::Arc;
 
@@ -7,6 +7,15 @@ use sandwarden::config::IsolationKind;
 use sandwarden::job::JobSpec;
 use sandwarden::provider::noop::NoopProvider;
 use sandwarden::{Runtime, RuntimeHandle, Settings};
+
+/// The `n`-th command-line argument if it parses to a positive value, else `default`.
+pub fn arg<T: std::str::FromStr + PartialOrd + Default>(n: usize, default: T) -> T {
+    std::env::args()
+        .nth(n)
+        .and_then(|a| a.parse().ok())
+        .filter(|v| *v > T::default())
+        .unwrap_or(default)
+}
 
 pub async fn start(dir: &std::path::Path, workers: usize) -> (RuntimeHandle, JobSpec) {
     let mut settings = Settings::with_data_dir(dir);
