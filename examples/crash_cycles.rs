@@ -262,6 +262,29 @@ async fn stored_jobs(http: &reqwest::Client, url: &str) -> usize {
     }
 }
 
+/// After the last kill: start the service once more on the same data, wait until every accepted
+/// job has ended (or `deadline`), and stop it. Every task that fed the ledger must have ended.
+async fn drain(
+    bin: &Path,
+    data: &Path,
+    log: &Path,
+    http: &reqwest::Client,
+    ledger: Arc<Mutex<Ledger>>,
+    deadline: Duration,
+) -> (Outcome, Duration, Ledger) {
+    let started = Instant::now();
+    let server = Server::start(bin, data, log);
+    let ledger = Arc::try_unwrap(ledger)
+        .ok()
+        .expect("the tasks that fed the ledger ended")
+        .into_inner()
+        .expect("ledger lock");
+    let outcome = settle(http, &server.url, &ledger, deadline).await;
+    let drained = started.elapsed();
+    server.stop();
+    (outcome, drained, ledger)
+}
+
 async fn cycles(bin: &Path, work: &Path, http: &reqwest::Client) -> (Outcome, Duration) {
     let cycles = env_u64("CYCLES", 20);
     let rate = env_u64("RATE", 50).max(1);
@@ -304,16 +327,8 @@ async fn cycles(bin: &Path, work: &Path, http: &reqwest::Client) -> (Outcome, Du
             l.unanswered - before.1
         );
     }
-    let started = Instant::now();
-    let server = Server::start(bin, &data, &log);
-    let ledger = Arc::try_unwrap(ledger)
-        .ok()
-        .expect("the load tasks ended")
-        .into_inner()
-        .expect("ledger lock");
-    let outcome = settle(http, &server.url, &ledger, Duration::from_secs(600)).await;
-    let drained = started.elapsed();
-    server.stop();
+    let (outcome, drained, ledger) =
+        drain(bin, &data, &log, http, ledger, Duration::from_secs(600)).await;
     println!(
         "cycles: {} submits got no answer (killed mid-request)",
         ledger.unanswered
@@ -379,16 +394,8 @@ async fn large_batch(bin: &Path, work: &Path, http: &reqwest::Client) -> (Outcom
         );
         assert!(ready, "the store did not reopen after a kill");
     }
-    let started = Instant::now();
-    let server = Server::start(bin, &data, &log);
-    let ledger = Arc::try_unwrap(ledger)
-        .ok()
-        .expect("the submit tasks ended")
-        .into_inner()
-        .expect("ledger lock");
-    let outcome = settle(http, &server.url, &ledger, Duration::from_secs(900)).await;
-    let drained = started.elapsed();
-    server.stop();
+    let (outcome, drained, _) =
+        drain(bin, &data, &log, http, ledger, Duration::from_secs(900)).await;
     (outcome, drained)
 }
 
